@@ -1,0 +1,69 @@
+"""Training configuration: one dataclass, validated on construction (see models.config.ConfigError)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from models.config import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("none", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one configuration is trained and evaluated.
+
+    ``grad_clip`` is the max global gradient norm (0 = off). ``iw_samples`` is k of the
+    importance-weighted test bound. ``cond_samples_per_class`` samples per class are generated for
+    ``test_cond_acc``.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    iw_samples: int = 100
+    eval_batch_size: int = 500
+    cond_samples_per_class: int = 100
+    amp: str = "none"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "iw_samples", "eval_batch_size", "cond_samples_per_class"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ConfigError(f"{name}={value!r}: must be an integer >= 1")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+            raise ConfigError(f"lr={self.lr!r}: must be a finite number > 0")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay={self.weight_decay!r}: must be >= 0")
+        if not self.grad_clip >= 0:
+            raise ConfigError(f"grad_clip={self.grad_clip!r}: must be >= 0 (0 turns clipping off)")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device={self.device!r}: must be one of {', '.join(DEVICES)}")
+        if self.amp not in AMP_DTYPES:
+            raise ConfigError(f"amp={self.amp!r}: must be one of {', '.join(AMP_DTYPES)}")
+
+    def resolve_device(self) -> torch.device:
+        """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a ConfigError."""
+        return resolve_device(self.device)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda': no CUDA device is available here (use --device cpu or auto)")
+    if name not in DEVICES:
+        raise ConfigError(f"device={name!r}: must be one of {', '.join(DEVICES)}")
+    return torch.device(name)

@@ -1,0 +1,78 @@
+"""The ``cvae-bench`` command line: every subcommand in one parser.
+
+Errors a user can cause (bad option, unknown variant or dataset, missing files, a loss that turns NaN)
+print one line ``cvae-bench <command>: error: ...`` to stderr and exit with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but errors are a single line (plus a pointer to --help) and exit 2."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from bench.datasets import DatasetError
+    from bench.fit import NonFiniteLossError
+    from models.config import ConfigError
+    errors: list[type[BaseException]] = [ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError]
+    try:
+        from bench.cli_errors import CLIError
+        errors.append(CLIError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.train_command import add_train_parser
+
+    parser = OneLineParser(prog="cvae-bench", description=(
+        "Benchmark suite for conditional VAEs: train the CVAE and its variants (beta-cvae, flow-cvae), "
+        "run Optuna studies tracked in MLflow, and time train steps. Every run reports the reconstruction "
+        "and KL terms per epoch, in nats per example."))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    add_train_parser(sub)
+    for register in _optional_registrations():
+        register(sub)
+    return parser
+
+
+def _optional_registrations():
+    """Subcommands that live in other modules (studies, step time, scale-out)."""
+    import importlib
+    for module, fn in (("studies.commands", "register"), ("bench.commands", "register")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        yield getattr(mod, fn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as exc:
+        print(f"cvae-bench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cvae-bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
