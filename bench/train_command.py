@@ -130,7 +130,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train one configuration and report its metrics",
                               description="Train one CVAE configuration; print a per-epoch table of the "
                                           "reconstruction and KL terms (train and validation) and the final "

@@ -20,21 +20,32 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+#: Each module defines ``add_parser(subparsers)``, which registers one subcommand whose
+#: ``func(args) -> int`` runs it. Modules not yet present are skipped.
+COMMAND_MODULES = (
+    "bench.train_command",       # train
+    "studies.study_command",     # study
+    "studies.suite_command",     # suite
+    "studies.report_command",    # report
+    "studies.worker_command",    # worker
+    "bench.steptime_command",    # steptime
+    "bench.compare_command",     # compare
+    "bench.regress_command",     # regress
+    "bench.server_command",      # server
+    "bench.sync_command",        # sync
+)
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
+    from bench.cli_errors import CLIError
     from bench.datasets import DatasetError
     from bench.fit import NonFiniteLossError
     from models.config import ConfigError
-    errors: list[type[BaseException]] = [ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError]
-    try:
-        from bench.cli_errors import CLIError
-        errors.append(CLIError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (CLIError, ConfigError, DatasetError, NonFiniteLossError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench.train_command import add_train_parser
+    import importlib
 
     parser = OneLineParser(prog="cvae-bench", description=(
         "Benchmark suite for conditional VAEs: train the CVAE and its variants (beta-cvae, flow-cvae), "
@@ -42,23 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and KL terms per epoch, in nats per example."))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
-    add_train_parser(sub)
-    for register in _optional_registrations():
-        register(sub)
-    return parser
-
-
-def _optional_registrations():
-    """Subcommands that live in other modules (studies, step time, scale-out)."""
-    import importlib
-    for module, fn in (("studies.commands", "register"), ("bench.commands", "register")):
+    for name in COMMAND_MODULES:
         try:
-            mod = importlib.import_module(module)
+            module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if exc.name != name:
                 raise
             continue
-        yield getattr(mod, fn)
+        module.add_parser(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
