@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 
@@ -53,6 +54,8 @@ def run_server(args: argparse.Namespace) -> int:
     print(f"  workers: --tracking-uri http://{args.host}:{args.port}   (Ctrl-C stops the server)", flush=True)
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY=os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"))
     proc = subprocess.Popen(cmd, env=env)
+    # Stop the server with us on SIGTERM too (service managers send it), not only on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -61,6 +64,7 @@ def run_server(args: argparse.Namespace) -> int:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
         return 130
 
 

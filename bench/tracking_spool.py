@@ -1,0 +1,258 @@
+"""MLflow writes that survive an unreachable tracking server.
+
+:class:`ResilientClient` wraps the few ``MlflowClient`` writes the harness makes (create_run,
+log_batch, log_artifact, set_tag, set_terminated). A write that fails for a transient reason
+(connection refused, timeout, 5xx, a locked SQLite file) opens a circuit: the write and every later
+write go to a local *spool* -- one JSON line each, in order -- and training carries on without
+blocking. After a back-off (1 s, 2 s, 4 s ... up to 60 s) the next write first replays the spool; on
+success the circuit closes. A run created while the server was down gets a local id
+(``local-<hex>``) that the replay maps to the real run id. Whatever is still spooled when the
+process ends is sent by ``cvae-bench sync`` (which ``study``/``worker`` also run when they start
+and finish). Errors that are not transient (a bad parameter) raise as usual.
+
+The spool never holds a password: each file names its tracking URI redacted, and ``sync`` replays
+a file only to a tracking URI whose redacted form matches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from .redaction import redact_url
+
+LOCAL_PREFIX = "local-"
+MAX_BACKOFF_S = 60.0
+
+# Fail fast on an unreachable server: the spool, not MLflow's own minutes-long HTTP retry loop,
+# is what keeps training going. Users can still override these.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# MLflow prints "View run ... at <tracking URL>" on set_terminated; the URL may hold a password.
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
+def default_spool_dir() -> Path:
+    root = os.environ.get("CVAE_BENCH_SPOOL")
+    if root:
+        return Path(root)
+    cache = os.environ.get("XDG_CACHE_HOME")
+    return (Path(cache) if cache and os.path.isabs(cache) else Path.home() / ".cache") / "cvae-bench" / "mlflow-spool"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a later retry may cure: the server unreachable, overloaded or locked."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                        TimeoutError)):
+        return True
+    if isinstance(exc, MlflowException):
+        code = getattr(exc, "error_code", "")
+        text = str(exc).lower()
+        return (code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
+                or any(s in text for s in ("max retries exceeded", "connection refused", "failed to establish",
+                                           "timed out", "database is locked", "connection aborted",
+                                           "remotedisconnected", "503", "502", "504")))
+    return False
+
+
+class ResilientClient:
+    """The harness's MLflow writes, with back-off and a local spool (see module docstring)."""
+
+    def __init__(self, tracking_uri: str, spool_dir: Path | None = None, *, clock: Callable[[], float] = time.monotonic):
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.spool_dir = Path(spool_dir) if spool_dir else default_spool_dir()
+        self._file = self.spool_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._files_dir = self._file.with_suffix(".files")
+        self._lock = threading.RLock()
+        self._clock = clock
+        self._failures = 0
+        self._retry_at = 0.0
+        self._pending = 0  # records in this process's spool file
+        self.ids: dict[str, str] = {}  # local id -> real run id, once known
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def degraded(self) -> bool:
+        """True while writes are being spooled."""
+        return self._pending > 0
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def run_id(self, run_id: str) -> str:
+        """The real id of a run, or its local id while the server has not seen it yet."""
+        return self.ids.get(run_id, run_id)
+
+    # -- writes ----------------------------------------------------------------------------------
+    def create_run(self, experiment_id: str, run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
+        """Returns the new run's id (a ``local-`` id if the server could not be reached)."""
+        local = f"{LOCAL_PREFIX}{uuid.uuid4().hex}"
+        record = {"op": "create_run", "local_id": local, "experiment_id": experiment_id, "run_name": run_name,
+                  "tags": tags or {}, "start_time": int(time.time() * 1000)}
+        self._submit(record)
+        return self.run_id(local)
+
+    def log_batch(self, run_id: str, metrics: dict[str, float] | None = None, step: int | None = None,
+                  params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None) -> None:
+        now = int(time.time() * 1000)
+        self._submit({"op": "log_batch", "run_id": run_id,
+                      "metrics": [[k, float(v), now, int(step or 0)] for k, v in (metrics or {}).items()],
+                      "params": [[k, str(v)] for k, v in (params or {}).items()],
+                      "tags": [[k, str(v)] for k, v in (tags or {}).items()]})
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self._submit({"op": "log_artifact", "run_id": run_id, "local_path": str(local_path),
+                      "artifact_path": artifact_path})
+
+    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
+        self._submit({"op": "set_terminated", "run_id": run_id, "status": status,
+                      "end_time": int(time.time() * 1000)})
+
+    # -- machinery -------------------------------------------------------------------------------
+    def _submit(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            if self._pending and not self._try_flush():
+                self._spool(record)
+                return
+            if self._clock() < self._retry_at:
+                self._spool(record)
+                return
+            try:
+                self._apply(record, self.ids)
+                self._failures = 0
+            except Exception as exc:  # noqa: BLE001 - classified right below
+                if not is_transient(exc):
+                    raise
+                self._open_circuit()
+                self._spool(record)
+
+    def _open_circuit(self) -> None:
+        self._failures += 1
+        self._retry_at = self._clock() + min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))
+
+    def _apply(self, record: dict[str, Any], ids: dict[str, str]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        op = record["op"]
+        if op == "create_run":
+            if record["local_id"] in ids:
+                return
+            run = self.client.create_run(record["experiment_id"], start_time=record["start_time"],
+                                         tags=record["tags"], run_name=record["run_name"])
+            ids[record["local_id"]] = run.info.run_id
+            return
+        run_id = ids.get(record["run_id"], record["run_id"])
+        if run_id.startswith(LOCAL_PREFIX):
+            raise RuntimeError(f"spooled record for unknown local run {run_id}")
+        if op == "log_batch":
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in record["metrics"]]
+            params = [Param(k, v) for k, v in record["params"]]
+            tags = [RunTag(k, v) for k, v in record["tags"]]
+            # REST limits per request: 1000 metrics, 100 params, 100 tags.
+            chunks = max(1, -(-len(metrics) // 1000), -(-len(params) // 100), -(-len(tags) // 100))
+            for i in range(chunks):
+                self.client.log_batch(run_id, metrics=metrics[i * 1000:(i + 1) * 1000],
+                                      params=params[i * 100:(i + 1) * 100], tags=tags[i * 100:(i + 1) * 100])
+        elif op == "log_artifact":
+            self.client.log_artifact(run_id, record["local_path"], record["artifact_path"])
+        elif op == "set_terminated":
+            self.client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
+        else:
+            raise ValueError(f"unknown spooled operation {op!r}")
+
+    def _spool(self, record: dict[str, Any]) -> None:
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        if record["op"] == "log_artifact":  # the caller may delete its file: keep a copy
+            self._files_dir.mkdir(exist_ok=True)
+            src = Path(record["local_path"])
+            dst = self._files_dir / f"{uuid.uuid4().hex[:8]}-{src.name}"
+            shutil.copy2(src, dst)
+            record = {**record, "local_path": str(dst)}
+        if not self._file.exists():
+            self._file.write_text(json.dumps({"op": "header", "tracking_uri": redact_url(self.tracking_uri)}) + "\n")
+        with open(self._file, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self._pending += 1
+
+    def _try_flush(self) -> bool:
+        """Replay this process's spool if the back-off allows; True when it is empty afterwards."""
+        if self._clock() < self._retry_at:
+            return False
+        try:
+            replay_file(self, self._file)
+        except Exception as exc:  # noqa: BLE001
+            if not is_transient(exc):
+                raise
+            self._open_circuit()
+            return False
+        self._pending = 0
+        self._failures = 0
+        return True
+
+    def flush(self) -> bool:
+        """Try to send everything spooled now, ignoring the back-off; True when nothing is left."""
+        with self._lock:
+            if not self._pending:
+                return True
+            self._retry_at = 0.0
+            return self._try_flush()
+
+
+def replay_file(client: ResilientClient, path: Path) -> int:
+    """Send the records of one spool file in order, then delete it; returns how many were sent.
+
+    Progress is kept: records already sent are dropped from the file, so an interrupted replay
+    resumes where it stopped without sending anything twice.
+    """
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    header, records = json.loads(lines[0]), [json.loads(line) for line in lines[1:] if line.strip()]
+    if header.get("tracking_uri") != redact_url(client.tracking_uri):
+        raise ValueError(f"{path} was spooled for {header.get('tracking_uri')}, not {redact_url(client.tracking_uri)}")
+    ids_file = path.with_suffix(".ids.json")
+    ids = {**(json.loads(ids_file.read_text()) if ids_file.exists() else {}), **client.ids}
+    sent = 0
+    try:
+        for record in records:
+            client._apply(record, ids)
+            sent += 1
+    finally:
+        client.ids.update(ids)
+        remaining = records[sent:]
+        if remaining:
+            path.write_text("\n".join(json.dumps(r) for r in [header, *remaining]) + "\n")
+            ids_file.write_text(json.dumps(ids))
+    path.unlink()
+    ids_file.unlink(missing_ok=True)
+    shutil.rmtree(path.with_suffix(".files"), ignore_errors=True)
+    return sent
+
+
+def sync_spool(tracking_uri: str, spool_dir: Path | None = None) -> tuple[int, int, list[str]]:
+    """Replay every spool file meant for ``tracking_uri``: returns (files, records, skipped file names)."""
+    client = ResilientClient(tracking_uri, spool_dir)
+    files = records = 0
+    skipped: list[str] = []
+    for path in sorted(client.spool_dir.glob("*.jsonl")):
+        header = json.loads(path.read_text().splitlines()[0])
+        if header.get("tracking_uri") != redact_url(tracking_uri):
+            skipped.append(path.name)
+            continue
+        records += replay_file(client, path)
+        files += 1
+    return files, records, skipped
