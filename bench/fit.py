@@ -75,7 +75,7 @@ def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
     result = FitResult(model=model, data=data)
 
     bar = tqdm(range(1, train_cfg.epochs + 1), desc=f"{model_cfg.variant} on {data.name}", unit="epoch",
-               disable=not progress, leave=False)
+               disable=None if progress else True, leave=False)  # None: only on a terminal
     for epoch in bar:
         perm = torch.randperm(n, device=device, generator=gen)
         stats = torch.empty(steps, 3, device=device)

@@ -1,0 +1,23 @@
+"""Shared fixtures: the embedded ``digits`` data set, loaded once per session.
+
+Tests run offline (MLflow telemetry off) and with a small fixed number of torch threads, so that
+timings and results do not depend on how many cores the CI machine has.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits as :class:`bench.datasets.DataSplits` (1437/180/180, CPU)."""
+    from bench.datasets import load_dataset
+
+    return load_dataset("digits")
