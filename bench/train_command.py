@@ -93,6 +93,34 @@ def load_data_from_args(args: argparse.Namespace):
                         seed=args.seed, limit=args.limit)
 
 
+def add_tracking_arguments(p: argparse.ArgumentParser, default_experiment: str | None) -> None:
+    g = p.add_argument_group("tracking (MLflow)")
+    g.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    g.add_argument("--experiment", default=default_experiment, metavar="NAME",
+                   help=f"MLflow experiment (default {default_experiment or 'the study name'})")
+    g.add_argument("--no-track", action="store_true", help="log nothing to MLflow")
+
+
+def data_options(args: argparse.Namespace, data) -> dict:
+    """The data arguments of a run as MLflow params (the split sizes included)."""
+    return {"dataset": data.name, "limit": args.limit or "none", "image_size": args.image_size or "native",
+            "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
+
+
+def start_tracker(args: argparse.Namespace, model_cfg, train_cfg, data, run_name: str, **tags):
+    """A RunTracker for one training run (params and tags logged), or a NullTracker with --no-track."""
+    from .tracking import NullTracker, RunTracker, config_params, open_experiment, resolve_tracking_uri, run_tags
+
+    if args.no_track:
+        return NullTracker()
+    client, experiment_id = open_experiment(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    tracker = RunTracker.start(client, experiment_id, run_name,
+                               tags=run_tags(model_cfg, data, train_cfg.resolve_device(), **tags))
+    tracker.log_params(config_params(model_cfg, train_cfg, data_options(args, data)))
+    return tracker
+
+
 def format_row(values: list, widths: list[int]) -> str:
     return "  ".join(f"{v:>{w}.3f}" if isinstance(v, float) else f"{v!s:>{w}}" for v, w in zip(values, widths))
 
@@ -115,18 +143,26 @@ class EpochTable:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from .tracking import log_fit_result, resolve_tracking_uri, ui_hint
+
     check_variant(args.variant)
     data = load_data_from_args(args)
     model_cfg, train_cfg = configs_from_args(args, data)
     print(f"cvae-bench train: {model_cfg.variant} on {data.name} ({len(data.train)}/{len(data.val)}/{len(data.test)} "
           f"train/val/test, likelihood {model_cfg.likelihood}, device {train_cfg.resolve_device()})")
-    result = fit(model_cfg, train_cfg, data, callbacks=[EpochTable()], progress=not args.no_progress)
+    tracker = start_tracker(args, model_cfg, train_cfg, data, f"{model_cfg.variant}-{data.name}", command="train")
+    with tracker:
+        result = fit(model_cfg, train_cfg, data, callbacks=[EpochTable(), tracker], progress=not args.no_progress)
+        log_fit_result(tracker, result)
     print("final metrics (nats per example unless named):")
     for key, value in result.final.items():
         print(f"  {key:<22} {value:.4f}")
     if args.metrics_json:
         Path(args.metrics_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics_json).write_text(json.dumps(result.final, indent=2) + "\n")
+    if tracker.run_id:
+        print(f"tracked as MLflow run {tracker.run_id} in experiment {args.experiment!r} "
+              f"({ui_hint(resolve_tracking_uri(args.tracking_uri))})")
     return 0
 
 
@@ -138,6 +174,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_data_arguments(p)
     add_model_arguments(p)
     add_training_arguments(p)
+    add_tracking_arguments(p, "cvae-bench-train")
     g = p.add_argument_group("output")
     g.add_argument("--metrics-json", default=None, metavar="PATH", help="write the final metrics as a flat JSON object")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,0 +1,210 @@
+"""MLflow tracking of single runs: RunTracker, the train command's logging, figures, redaction."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from bench import figures
+from bench.tracking import (DEFAULT_TRACKING_URI, MAX_PARAMS_PER_BATCH, NullTracker, RunTracker, config_params,
+                            make_client, redact, resolve_tracking_uri, ui_hint)
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # artifacts of sqlite stores land in ./mlruns
+    return make_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture
+def experiment_id(client):
+    return RunTracker.experiment_id(client, "tests")
+
+
+class RecordingTracker(RunTracker):
+    """Records every call that passes the write seam."""
+
+    seam_calls: list[str] = []
+
+    def _write(self, method, *args, **kwargs):
+        RecordingTracker.seam_calls.append(method)
+        return super()._write(method, *args, **kwargs)
+
+
+# -- URIs and redaction --------------------------------------------------------------------------
+
+def test_tracking_uri_resolution_order(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None) == DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+    assert resolve_tracking_uri(None) == "http://127.0.0.1:5001"
+    assert resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_redaction_masks_passwords_in_urls_and_text():
+    assert redact("postgresql://bob:s3cret@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
+    assert "s3cret" not in redact("failed: http://u:s3cret@host/api and sqlite:///x.db?password=s3cret")
+    assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert ui_hint("http://u:s3cret@127.0.0.1:5000") == "open http://u:***@127.0.0.1:5000 in a browser"
+    assert ui_hint("sqlite:///m.db") == "mlflow ui --backend-store-uri sqlite:///m.db"
+
+
+# -- RunTracker ----------------------------------------------------------------------------------
+
+def test_run_tracker_logs_batches_through_one_seam(client, experiment_id, monkeypatch):
+    RecordingTracker.seam_calls = []
+    direct: list[str] = []
+    for name in ("create_run", "log_batch", "log_figure", "log_text", "set_terminated", "update_run"):
+        original = getattr(client, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            direct.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(client, name, spy)
+
+    params = {f"p{i}": i for i in range(MAX_PARAMS_PER_BATCH * 2 + 5)}  # three requests
+    with RecordingTracker.start(client, experiment_id, "r", tags={"variant": "cvae"}) as run:
+        run.log_params(params)
+        for epoch in (1, 2, 3):
+            run(epoch, {"val_recon": 10.0 / epoch, "val_kl": float(epoch)})
+        fig = Figure()
+        fig.add_subplot().plot([0, 1])
+        run.log_figure(fig, "figures/x.png")
+        run.log_text("a,b\n1,2\n", "table.csv")
+    assert direct == RecordingTracker.seam_calls  # no write bypassed the seam
+    assert direct.count("log_batch") == 3 + 3  # 3 param batches + one batch per epoch
+
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params == {k: str(v) for k, v in params.items()}
+    assert got.data.tags["variant"] == "cvae"
+    history = client.get_metric_history(run.run_id, "val_recon")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.value for m in history] == pytest.approx([10.0, 5.0, 10.0 / 3])
+    assert {a.path for a in client.list_artifacts(run.run_id, "figures")} == {"figures/x.png"}
+
+
+def test_run_tracker_context_ends_failed_with_reason(client, experiment_id):
+    with pytest.raises(RuntimeError):
+        with RunTracker.start(client, experiment_id, "boom") as run:
+            raise RuntimeError("exploded at http://u:hunter2@host")
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FAILED"
+    assert got.data.tags["end_reason"] == "RuntimeError: exploded at http://u:***@host"
+
+
+def test_child_run_and_reopen(client, experiment_id):
+    parent = RunTracker.start(client, experiment_id, "parent")
+    parent.end("FINISHED")
+    child = RunTracker.start(client, experiment_id, "child", parent_run_id=parent.run_id)
+    child.end("KILLED", "pruned at epoch 1")
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+    assert client.get_run(child.run_id).info.status == "KILLED"
+    RunTracker.reopen(client, parent.run_id)
+    assert client.get_run(parent.run_id).info.status == "RUNNING"
+    with pytest.raises(ValueError):
+        child.ended = False
+        child.end("DONE")
+
+
+def test_config_params_are_flat_and_collisions_are_refused(digits):
+    from bench.presets import model_config
+    from bench.train_config import TrainConfig
+
+    params = config_params(model_config("flow-cvae", digits), TrainConfig(lr=0.01), {"dataset": "digits"})
+    assert params["flow"] == "planar" and params["lr"] == 0.01 and params["hidden"] == "128"
+    assert params["dataset"] == "digits" and params["input_shape"] == "1x8x8"
+    with pytest.raises(ValueError, match="lr"):
+        config_params(model_config("cvae", digits), TrainConfig(), {"lr": 1})
+
+
+def test_null_tracker_has_the_interface():
+    for name in ("log_params", "log_metrics", "set_tags", "log_figure", "log_text", "end", "__call__",
+                 "__enter__", "__exit__"):
+        assert callable(getattr(NullTracker(), name)), name
+        assert callable(getattr(RunTracker, name)), name
+
+
+# -- figures -------------------------------------------------------------------------------------
+
+def test_figures_show_what_they_say(digits):
+    from bench.fit import fit
+    from bench.presets import model_config
+    from bench.train_config import TrainConfig
+
+    result = fit(model_config("cvae", digits, latent_dim=6), TrainConfig(epochs=2), digits, progress=False,
+                 final_eval=False)
+    figs = figures.fit_figures(result)
+    assert set(figs) == set(figures.FIGURE_FILES)
+    assert all(isinstance(f, Figure) for f in figs.values())
+    cell = 8 + 1  # 8x8 digits, 1 px padding
+    grid = figs["class_samples"].axes[0].images[0].get_array()
+    assert grid.shape == (10 * cell + 1, 10 * cell + 1)  # one row per class, 10 samples each
+    recon = figs["reconstructions"].axes[0].images[0].get_array()
+    assert recon.shape == (2 * cell + 1, 10 * cell + 1)
+    np.testing.assert_allclose(recon[1:9, 1:9], digits.val.x[0, 0].numpy())  # top-left: the first original
+    traversal = figs["latent_traversal"].axes[0].images[0].get_array()
+    assert traversal.shape == (6 * cell + 1, 9 * cell + 1)  # all 6 latent dims, 9 steps
+    bars = figs["kl_per_dim"].axes[0].patches
+    assert len(bars) == 6
+    kl = result.model.kl_per_dim(digits.val.x, digits.val.y)
+    np.testing.assert_allclose([b.get_height() for b in bars], kl.numpy(), rtol=1e-5)
+    curves = figs["recon_vs_kl"].axes
+    assert [len(line.get_xdata()) for line in curves[0].lines] == [2, 2]  # train and val, 2 epochs
+
+
+# -- the train command ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_train_logs_epochs_finals_figures_and_tags(tmp_path, monkeypatch, capsys):
+    from studies.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    rc = main(["train", "--epochs", "3", "--limit", "300", "--iw-samples", "5", "--no-progress",
+               "--tracking-uri", uri, "--experiment", "t"])
+    assert rc == 0
+    assert "tracked as MLflow run" in capsys.readouterr().out
+    client = make_client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert run.info.status == "FINISHED"
+    for key in ("val_recon", "val_kl", "train_recon", "step_ms"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
+    for key in ("test_neg_elbo", "test_iw_nll", "test_active_units", "test_cond_acc"):
+        assert key in run.data.metrics
+    assert run.data.params["lr"] == "0.001" and run.data.params["latent_dim"] == "32"
+    assert run.data.params["dataset"] == "digits" and run.data.params["n_train"] == "300"
+    tags = run.data.tags
+    assert tags["variant"] == "cvae" and tags["dataset"] == "digits" and tags["device"] == "cpu"
+    assert tags["torch_version"] and tags["device_name"] and tags["cuda_version"]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert arts == set(figures.FIGURE_FILES.values())
+
+
+@pytest.mark.slow
+def test_train_failure_ends_the_run_failed(tmp_path, monkeypatch):
+    from studies.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    rc = main(["train", "--epochs", "1", "--lr", "1e8", "--hidden", "256,256", "--no-progress",
+               "--tracking-uri", uri, "--experiment", "t"])
+    assert rc == 2
+    client = make_client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "loss became nan" in run.data.tags["end_reason"]
+
+
+def test_train_no_track_creates_no_store(tmp_path, monkeypatch):
+    from studies.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["train", "--epochs", "1", "--limit", "200", "--iw-samples", "2", "--no-progress",
+                 "--no-track"]) == 0
+    assert os.listdir(tmp_path) == []
