@@ -2,8 +2,10 @@
 
 Runs are made with :class:`mlflow.MlflowClient` (``create_run`` with an ``mlflow.parentRunId`` tag),
 not with the fluent active-run stack, so child runs can be created from any thread or process.
-Every write to MLflow goes through :meth:`RunTracker._write`, the single place where retries or a
-local spool can be added.
+Every write to MLflow goes through :meth:`RunTracker._write`, and from there through a
+:class:`bench.tracking_spool.ResilientClient`: when the tracking server cannot be reached, writes
+back off and are spooled locally, training goes on, and the spool is replayed later (by the same
+process on its next successful write, or by ``cvae-bench sync``).
 
 Credentials never reach MLflow or the logs: :func:`redact` (:func:`bench.redaction.redact_url`)
 masks the password of any URL (``scheme://user:PASSWORD@host``, ``?password=...``); params, tags
@@ -16,22 +18,20 @@ import functools
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .redaction import redact_url
+from .tracking_spool import MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH  # noqa: F401
 
 if TYPE_CHECKING:  # mlflow costs ~1.5 s to import: only commands that track pay for it
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
+    from .tracking_spool import ResilientClient
+
 #: MLflow's own default since 3.7; the retired file store (``./mlruns``) is never used.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-#: Requests to the tracking server carry at most this many of each (MLflow's REST limits).
-MAX_PARAMS_PER_BATCH = 100
-MAX_METRICS_PER_BATCH = 1000
-MAX_TAGS_PER_BATCH = 100
 #: MLflow truncates nothing for us: tag values above this length are rejected by some stores.
 MAX_TAG_LENGTH = 5000
 
@@ -69,19 +69,22 @@ def make_client(tracking_uri: str) -> "MlflowClient":
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def open_experiment(tracking_uri: str, experiment: str) -> tuple["MlflowClient", str]:
-    """A client on ``tracking_uri`` and the id of ``experiment`` (created if needed).
+def open_experiment(tracking_uri: str, experiment: str) -> tuple["ResilientClient", str]:
+    """A spooling client (:class:`bench.tracking_spool.ResilientClient`) on ``tracking_uri`` and the
+    id of ``experiment`` (created if needed).
 
-    An unreachable or unusable tracking store is a one-line :class:`CLIError` (password masked).
+    The store must answer now: an unreachable or unusable tracking store is a one-line
+    :class:`CLIError` (password masked). Later outages are spooled, not raised.
     """
     from mlflow.exceptions import MlflowException
 
     from .cli_errors import CLIError
+    from .tracking_spool import ResilientClient
 
     try:
-        client = make_client(tracking_uri)
+        client = ResilientClient(tracking_uri, client=make_client(tracking_uri))
         return client, RunTracker.experiment_id(client, experiment)
-    except MlflowException as exc:
+    except (MlflowException, OSError) as exc:
         detail = redact(" ".join(str(exc).split()))[:300]
         raise CLIError(f"tracking store {redact(tracking_uri)}: {detail}") from None
 
@@ -168,59 +171,61 @@ def log_fit_result(tracker: "RunTracker | NullTracker", result: Any) -> None:
     log_fit_figures(tracker, result)
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 # --------------------------------------------------------------------------------------------------
 # Trackers
 
 
 class RunTracker:
-    """One MLflow run, written through :class:`mlflow.MlflowClient`.
+    """One MLflow run, written through a :class:`bench.tracking_spool.ResilientClient`.
 
     Usable as a :func:`bench.fit.fit` callback (``tracker(epoch, metrics)`` logs that epoch's
     metrics in one ``log_batch`` call with ``step=epoch``) and as a context manager (an exception
     ends the run FAILED with the reason in the ``end_reason`` tag; KeyboardInterrupt ends it KILLED).
 
-    ``synchronous=None`` follows MLflow's ``MLFLOW_ENABLE_ASYNC_LOGGING`` (off by default). Against
-    a local SQLite store synchronous logging is the cheaper: an epoch's batch costs ~9 ms, while
-    async batches cost ~0.3 ms but ending the run waits ~0.5 s for the queue to drain. Turn async on
-    for a remote server with long round trips; :meth:`end` flushes it.
+    ``client`` is a ResilientClient (share one among the runs of a process: one spool, one
+    back-off) or a plain ``MlflowClient``, which gets a ResilientClient of its own. While the server
+    is unreachable a run created meanwhile has a local id (``local-...``); :attr:`run_id` is the
+    real id as soon as the spool has been replayed.
     """
 
-    def __init__(self, client: "MlflowClient", run_id: str, *, synchronous: bool | None = None) -> None:
-        self.client = client
-        self.run_id = run_id
-        self.synchronous = synchronous
+    def __init__(self, client: "ResilientClient | MlflowClient", run_id: str) -> None:
+        from .tracking_spool import ResilientClient
+
+        self.client = client if isinstance(client, ResilientClient) else ResilientClient(client=client)
+        self._run_id = run_id
         self.ended = False
+
+    @property
+    def run_id(self) -> str:
+        return self.client.run_id(self._run_id)
 
     # -- creation ----------------------------------------------------------------------------------
     @classmethod
-    def start(cls, client: "MlflowClient", experiment_id: str, run_name: str, *, parent_run_id: str | None = None,
-              tags: Mapping[str, Any] | None = None, synchronous: bool | None = None) -> "RunTracker":
+    def start(cls, client: "ResilientClient | MlflowClient", experiment_id: str, run_name: str, *,
+              parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> "RunTracker":
         """Create a new run (a child of ``parent_run_id`` when given) and return its tracker."""
         all_tags = {k: _tag_value(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        tracker = cls(client, run_id="", synchronous=synchronous)
-        run = tracker._write("create_run", experiment_id, run_name=run_name, tags=all_tags)
-        tracker.run_id = run.info.run_id
+        tracker = cls(client, run_id="")
+        tracker._run_id = tracker._write("create_run", experiment_id, run_name=run_name, tags=all_tags)
         return tracker
 
     @classmethod
-    def experiment_id(cls, client: "MlflowClient", name: str) -> str:
-        """Id of the experiment ``name``, created (or restored, if deleted) when needed."""
+    def experiment_id(cls, client: "ResilientClient | MlflowClient", name: str) -> str:
+        """Id of the experiment ``name``, created (or restored, if deleted) when needed.
+
+        Needs the store to answer: experiments are not spooled.
+        """
         from mlflow.exceptions import MlflowException
 
         writer = cls(client, run_id="")
-        experiment = client.get_experiment_by_name(name)
+        experiment = writer.client.get_experiment_by_name(name)
         if experiment is None:
             try:
                 return writer._write("create_experiment", name)
             except MlflowException:  # another process created it between the two calls
-                experiment = client.get_experiment_by_name(name)
+                experiment = writer.client.get_experiment_by_name(name)
                 if experiment is None:
                     raise
         if experiment.lifecycle_stage == "deleted":
@@ -228,47 +233,43 @@ class RunTracker:
         return experiment.experiment_id
 
     @classmethod
-    def reopen(cls, client: "MlflowClient", run_id: str, *, synchronous: bool | None = None) -> "RunTracker":
+    def reopen(cls, client: "ResilientClient | MlflowClient", run_id: str) -> "RunTracker":
         """Tracker of an existing run, set back to RUNNING (a resumed study's parent run)."""
-        tracker = cls(client, run_id, synchronous=synchronous)
+        tracker = cls(client, run_id)
         tracker._write("update_run", run_id, status="RUNNING")
         return tracker
 
     # -- logging -----------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Params (stringified, URLs redacted), in batches of at most 100."""
-        from mlflow.entities import Param
-
-        items = [Param(str(k), redact(str(v))) for k, v in params.items()]
-        for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
-            self._write("log_batch", self.run_id, params=list(chunk), synchronous=self.synchronous)
+        """Params (stringified, URLs redacted); sent in requests of at most 100."""
+        self._write("log_batch", self._run_id, params={str(k): redact(str(v)) for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Metrics at ``step``, in batches of at most 1000 (one call for an epoch's metrics)."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(str(k), float(v), now, int(step)) for k, v in metrics.items()]
-        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
-            self._write("log_batch", self.run_id, metrics=list(chunk), synchronous=self.synchronous)
+        """Metrics at ``step`` in one call (requests of at most 1000)."""
+        self._write("log_batch", self._run_id, metrics={str(k): float(v) for k, v in metrics.items()}, step=int(step))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(str(k), _tag_value(v)) for k, v in tags.items()]
-        for chunk in _chunks(items, MAX_TAGS_PER_BATCH):
-            self._write("log_batch", self.run_id, tags=list(chunk), synchronous=self.synchronous)
+        self._write("log_batch", self._run_id, tags={str(k): _tag_value(v) for k, v in tags.items()})
 
     def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Fit callback: the epoch's metrics, ``step=epoch``, in one batched call."""
         self.log_metrics(metrics, step=epoch)
 
     def log_figure(self, figure: "Figure", artifact_file: str) -> None:
-        """A matplotlib figure saved as ``artifact_file`` (e.g. ``figures/recon.png``)."""
-        self._write("log_figure", self.run_id, figure, artifact_file)
+        """A matplotlib figure saved as PNG at ``artifact_file`` (e.g. ``figures/recon.png``)."""
+        self._log_file(artifact_file, lambda path: figure.savefig(path, dpi=100))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._write("log_text", self.run_id, text, artifact_file)
+        self._log_file(artifact_file, lambda path: Path(path).write_text(text))
+
+    def _log_file(self, artifact_file: str, write: Any) -> None:
+        import tempfile
+
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="cvae-bench-artifact-") as tmp:
+            path = Path(tmp) / name
+            write(path)
+            self._write("log_artifact", self._run_id, str(path), folder or None)
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """End the run: FINISHED, FAILED or KILLED; ``reason`` goes to the ``end_reason`` tag."""
@@ -278,7 +279,7 @@ class RunTracker:
             return
         if reason:
             self.set_tags({"end_reason": redact(reason)})
-        self._write("set_terminated", self.run_id, status=status)  # also flushes async logging
+        self._write("set_terminated", self._run_id, status=status)
         self.ended = True
 
     # -- context manager ---------------------------------------------------------------------------
@@ -295,7 +296,7 @@ class RunTracker:
 
     # -- the single seam for writes ----------------------------------------------------------------
     def _write(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``MlflowClient.<method>(*args, **kwargs)``: every MLflow write passes here."""
+        """``ResilientClient.<method>(*args, **kwargs)``: every MLflow write of a run passes here."""
         return getattr(self.client, method)(*args, **kwargs)
 
 

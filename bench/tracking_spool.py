@@ -12,22 +12,33 @@ and finish). Errors that are not transient (a bad parameter) raise as usual.
 
 The spool never holds a password: each file names its tracking URI redacted, and ``sync`` replays
 a file only to a tracking URI whose redacted form matches.
+
+A spool file belongs to the process that writes it: that process holds an exclusive ``flock`` on
+``<file>.lock`` for as long as it lives, so ``sync`` (from any process) replays only the files of
+processes that have ended, and two syncs never replay one file twice. Runs that such a dead process
+created but never ended are ended FAILED by ``sync`` (tag ``end_reason``), not left RUNNING.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .redaction import redact_url
 
 LOCAL_PREFIX = "local-"
+#: Requests to the tracking server carry at most this many of each (MLflow's REST limits).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
 MAX_BACKOFF_S = 60.0
 
 # Fail fast on an unreachable server: the spool, not MLflow's own minutes-long HTTP retry loop,
@@ -65,14 +76,34 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+DEAD_PROCESS_REASON = "the process logging this run ended before the run did (replayed by cvae-bench sync)"
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on ``path``, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class ResilientClient:
-    """The harness's MLflow writes, with back-off and a local spool (see module docstring)."""
+    """The harness's MLflow writes, with back-off and a local spool (see module docstring).
 
-    def __init__(self, tracking_uri: str, spool_dir: Path | None = None, *, clock: Callable[[], float] = time.monotonic):
-        from mlflow import MlflowClient
+    Made from a tracking URI, or around an existing ``MlflowClient`` (``client=``).
+    """
 
-        self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+    def __init__(self, tracking_uri: str | None = None, spool_dir: Path | None = None, *, client: Any = None,
+                 clock: Callable[[], float] = time.monotonic):
+        if client is None:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = client
+        self.tracking_uri = tracking_uri or client._tracking_client.tracking_uri
         self.spool_dir = Path(spool_dir) if spool_dir else default_spool_dir()
         self._file = self.spool_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         self._files_dir = self._file.with_suffix(".files")
@@ -82,6 +113,12 @@ class ResilientClient:
         self._retry_at = 0.0
         self._pending = 0  # records in this process's spool file
         self.ids: dict[str, str] = {}  # local id -> real run id, once known
+        self._owner_fd: int | None = None  # flock on this process's spool file, held while we live
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "client":  # not set yet (half-constructed object)
+            raise AttributeError(name)
+        return getattr(self.client, name)
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -117,6 +154,9 @@ class ResilientClient:
     def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
         self._submit({"op": "log_artifact", "run_id": run_id, "local_path": str(local_path),
                       "artifact_path": artifact_path})
+
+    def update_run(self, run_id: str, status: str) -> None:
+        self._submit({"op": "update_run", "run_id": run_id, "status": status})
 
     def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
         self._submit({"op": "set_terminated", "run_id": run_id, "status": status,
@@ -162,13 +202,14 @@ class ResilientClient:
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in record["metrics"]]
             params = [Param(k, v) for k, v in record["params"]]
             tags = [RunTag(k, v) for k, v in record["tags"]]
-            # REST limits per request: 1000 metrics, 100 params, 100 tags.
-            chunks = max(1, -(-len(metrics) // 1000), -(-len(params) // 100), -(-len(tags) // 100))
-            for i in range(chunks):
-                self.client.log_batch(run_id, metrics=metrics[i * 1000:(i + 1) * 1000],
-                                      params=params[i * 100:(i + 1) * 100], tags=tags[i * 100:(i + 1) * 100])
+            m, p, t = MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH
+            for i in range(max(1, -(-len(metrics) // m), -(-len(params) // p), -(-len(tags) // t))):
+                self.client.log_batch(run_id, metrics=metrics[i * m:(i + 1) * m], params=params[i * p:(i + 1) * p],
+                                      tags=tags[i * t:(i + 1) * t])
         elif op == "log_artifact":
             self.client.log_artifact(run_id, record["local_path"], record["artifact_path"])
+        elif op == "update_run":
+            self.client.update_run(run_id, status=record["status"])
         elif op == "set_terminated":
             self.client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
         else:
@@ -176,6 +217,8 @@ class ResilientClient:
 
     def _spool(self, record: dict[str, Any]) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        if self._owner_fd is None:
+            self._owner_fd = _try_lock(self._file.with_suffix(".lock"))
         if record["op"] == "log_artifact":  # the caller may delete its file: keep a copy
             self._files_dir.mkdir(exist_ok=True)
             src = Path(record["local_path"])
@@ -203,6 +246,14 @@ class ResilientClient:
         self._failures = 0
         return True
 
+    def close(self) -> None:
+        """Give up ownership of this process's spool file (what the process's end does too):
+        whatever is still spooled becomes ``cvae-bench sync``'s to send."""
+        with self._lock:
+            if self._owner_fd is not None:
+                os.close(self._owner_fd)
+                self._owner_fd = None
+
     def flush(self) -> bool:
         """Try to send everything spooled now, ignoring the back-off; True when nothing is left."""
         with self._lock:
@@ -212,11 +263,12 @@ class ResilientClient:
             return self._try_flush()
 
 
-def replay_file(client: ResilientClient, path: Path) -> int:
+def replay_file(client: ResilientClient, path: Path, *, end_open_runs: bool = False) -> int:
     """Send the records of one spool file in order, then delete it; returns how many were sent.
 
     Progress is kept: records already sent are dropped from the file, so an interrupted replay
-    resumes where it stopped without sending anything twice.
+    resumes where it stopped without sending anything twice. ``end_open_runs`` (the file's process
+    has ended): runs the file created but never terminated are ended FAILED afterwards.
     """
     if not path.exists():
         return 0
@@ -226,6 +278,8 @@ def replay_file(client: ResilientClient, path: Path) -> int:
         raise ValueError(f"{path} was spooled for {header.get('tracking_uri')}, not {redact_url(client.tracking_uri)}")
     ids_file = path.with_suffix(".ids.json")
     ids = {**(json.loads(ids_file.read_text()) if ids_file.exists() else {}), **client.ids}
+    created = {r["local_id"] for r in records if r["op"] == "create_run"} | set(ids)
+    terminated = {r["run_id"] for r in records if r["op"] == "set_terminated"}
     sent = 0
     try:
         for record in records:
@@ -237,22 +291,64 @@ def replay_file(client: ResilientClient, path: Path) -> int:
         if remaining:
             path.write_text("\n".join(json.dumps(r) for r in [header, *remaining]) + "\n")
             ids_file.write_text(json.dumps(ids))
+    if end_open_runs:
+        for local in sorted(created - terminated):
+            _end_if_running(client, ids.get(local, local))
     path.unlink()
     ids_file.unlink(missing_ok=True)
     shutil.rmtree(path.with_suffix(".files"), ignore_errors=True)
     return sent
 
 
-def sync_spool(tracking_uri: str, spool_dir: Path | None = None) -> tuple[int, int, list[str]]:
-    """Replay every spool file meant for ``tracking_uri``: returns (files, records, skipped file names)."""
+def _end_if_running(client: ResilientClient, run_id: str) -> None:
+    if run_id.startswith(LOCAL_PREFIX) or client.client.get_run(run_id).info.status != "RUNNING":
+        return
+    client.client.set_tag(run_id, "end_reason", DEAD_PROCESS_REASON)
+    client.client.set_terminated(run_id, status="FAILED")
+
+
+@dataclass
+class SyncReport:
+    """What :func:`sync_spool` did: files and records sent; files left for a live process or another URI."""
+
+    files: int = 0
+    records: int = 0
+    busy: list[str] = field(default_factory=list)
+    other_uri: list[str] = field(default_factory=list)
+
+
+def sync_spool(tracking_uri: str, spool_dir: Path | None = None) -> SyncReport:
+    """Replay every spool file of an ended process meant for ``tracking_uri``, oldest first.
+
+    Files whose process still runs (it holds the file's lock) are left to that process; files
+    spooled for another tracking URI are left alone. Raises on a transient failure (the server is
+    still down): what was sent stays sent, the rest stays spooled.
+    """
     client = ResilientClient(tracking_uri, spool_dir)
-    files = records = 0
-    skipped: list[str] = []
-    for path in sorted(client.spool_dir.glob("*.jsonl")):
-        header = json.loads(path.read_text().splitlines()[0])
-        if header.get("tracking_uri") != redact_url(tracking_uri):
-            skipped.append(path.name)
+    report = SyncReport()
+    if not client.spool_dir.is_dir():
+        return report
+    for path in sorted(client.spool_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
+        lock_path = path.with_suffix(".lock")
+        fd = _try_lock(lock_path)
+        if fd is None:
+            report.busy.append(path.name)
             continue
-        records += replay_file(client, path)
-        files += 1
-    return files, records, skipped
+        try:
+            if not path.exists():  # another sync sent it between the glob and the lock
+                continue
+            header = json.loads(path.read_text().splitlines()[0])
+            if header.get("tracking_uri") != redact_url(tracking_uri):
+                report.other_uri.append(path.name)
+                continue
+            report.records += replay_file(client, path, end_open_runs=True)
+            report.files += 1
+        finally:
+            if not path.exists():
+                lock_path.unlink(missing_ok=True)
+            os.close(fd)
+    for lock_path in client.spool_dir.glob("*.lock"):  # left by processes whose spool was sent
+        if not lock_path.with_suffix(".jsonl").exists() and (fd := _try_lock(lock_path)) is not None:
+            lock_path.unlink(missing_ok=True)
+            os.close(fd)
+    return report

@@ -15,6 +15,8 @@ and as the run's ``end_reason`` tag, and the run ends FAILED.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -28,6 +30,9 @@ from bench.tracking import NullTracker, RunTracker, config_params, log_fit_resul
 from bench.train_config import TrainConfig
 
 from .search_space import suggest
+
+#: Which process ran a trial (host:pid): a trial user attribute and a tag of its run.
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 OBJECTIVES = {"neg-elbo": ("val_neg_elbo",), "rate-distortion": ("val_recon", "val_kl")}
 
@@ -100,6 +105,7 @@ class Objective:
         # A heartbeat retry starts with a copy of the stale trial's user attributes.
         first = trial.user_attrs.get("trial_number", trial.number)
         trial.set_user_attr("trial_number", trial.number)
+        trial.set_user_attr("worker", WORKER_ID)
         tracker = self._start_run(trial, model_cfg, train_cfg, retry_of=first if first != trial.number else None)
         callbacks: list = [tracker]
         if len(self.names) == 1:
@@ -137,7 +143,7 @@ class Objective:
             return NullTracker()
         s = self.settings
         tags = run_tags(model_cfg, self.data, train_cfg.resolve_device(), study_name=s.study_name,
-                        objective=s.objective, trial_number=trial.number, trial_state="RUNNING")
+                        objective=s.objective, trial_number=trial.number, trial_state="RUNNING", worker=WORKER_ID)
         if retry_of is not None:
             tags["retry_of_trial"] = retry_of
         tracker = self.runs.start(trial, tags)
@@ -152,3 +158,5 @@ class Objective:
             trial.set_user_attr("fail_reason", reason)
         tracker.set_tags({"trial_state": state})
         tracker.end(status, reason)
+        if tracker.run_id and tracker.run_id != trial.user_attrs.get("mlflow_run_id"):
+            trial.set_user_attr("mlflow_run_id", tracker.run_id)  # the real id, once an outage's spool is sent

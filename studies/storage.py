@@ -25,12 +25,15 @@ import optuna
 from bench.cli_errors import CLIError
 from bench.redaction import redact_url
 
+from .study_lock import study_lock
+
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 #: Seconds between heartbeats of a running trial; it is failed after 2x this without one.
 DEFAULT_HEARTBEAT_S = 10
 #: How many times a trial failed by heartbeat is re-queued.
 MAX_RETRY = 3
 JOURNAL_SUFFIXES = (".journal", ".log")
+SCHEMA_LOCK = "optuna-schema"  # the study_lock name that guards creating Optuna's tables
 _SQLITE_TIMEOUT_S = 30  # several threads/processes share one SQLite file: wait for the lock, not fail
 
 StaleTrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -84,8 +87,10 @@ def open_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = DEFAULT_HEARTBE
         if not folder.is_dir():
             raise CLIError(f"--storage {redact_url(url)}: folder {folder} does not exist")
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Workers that start together on a fresh database would race to create Optuna's tables
+        # (a duplicate-type error on PostgreSQL): the first creates them under the lock, the rest find them.
+        with study_lock(normalize_url(url), SCHEMA_LOCK), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
             return optuna.storages.RDBStorage(
                 normalize_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
                 heartbeat_stale_trial_callback=on_stale or retry_stale_trial())

@@ -7,7 +7,12 @@
 - One study = one MLflow parent run, its id kept in ``study.user_attrs["mlflow_parent_run_id"]``
   so that reruns and other workers reuse it; each trial is a child run (:mod:`studies.objective`).
   At the end the parent gets the study's plots and trials table (:mod:`studies.study_plots`).
-- ``jobs`` threads run trials side by side, each with its own sampler (seeded differently).
+- ``jobs`` threads run trials side by side, each with its own sampler (seeded differently);
+  ``cvae-bench worker`` processes on other machines join the same study (:mod:`studies.worker_command`):
+  what defines the study is kept in its user attributes (:data:`SPEC_ATTRS`).
+- MLflow writes go through one :class:`bench.tracking_spool.ResilientClient` per invocation: an
+  outage of the tracking server is spooled and replayed, never fatal to a trial. Each invocation
+  first sends what ended processes left spooled for the same server, and flushes its own at the end.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "nsga2", "random")
 #: Study user attributes that must match on a rerun (else the trials would not be comparable).
 FIXED_ATTRS = ("variant", "dataset", "objective", "epochs")
+#: Further StudySpec fields kept in the study's user attributes at creation, so that a worker
+#: joining with only ``--study-name`` and ``--storage`` runs the same study. ``trials`` is kept as
+#: ``trials_total`` and updated by every invocation that sets it.
+SPEC_ATTRS = ("pruner", "sampler", "seed", "iw_samples", "limit", "image_size", "experiment")
 #: This many failed trials in a row (in one invocation) stop the study: something is wrong.
 MAX_FAILURES_IN_A_ROW = 10
 
@@ -158,7 +167,9 @@ def make_pruner(name: str, epochs: int, trials: int) -> optuna.pruners.BasePrune
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     """Samplers sized for short studies: TPE's random start-up is a third of the trials (3 to 10)."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)))
+        # constant_liar: trials running elsewhere count as bad guesses, so parallel workers spread out
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)),
+                                          constant_liar=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
     return optuna.samplers.RandomSampler(seed=seed)
@@ -222,8 +233,10 @@ def describe_trial(trial: FrozenTrial, names: tuple[str, ...]) -> str:
 class StudyRun:
     """One invocation on one study: opening it, its parent run, the trial loop, the final artifacts."""
 
-    def __init__(self, spec: StudySpec, data: DataSplits, *, progress: bool = True, stream: TextIO | None = None):
+    def __init__(self, spec: StudySpec, data: DataSplits, *, progress: bool = True, stream: TextIO | None = None,
+                 sampler_salt: int = 0):
         self.spec = spec
+        self.sampler_salt = sampler_salt  # workers on one study must not share sampler seeds
         self.data = data
         self.progress = progress
         self.stream = stream or sys.stdout
@@ -235,13 +248,43 @@ class StudyRun:
     def _open_tracking(self) -> None:
         assert self.tracking_uri is not None
         self.client, self.experiment_id = open_experiment(self.tracking_uri, self.spec.experiment or self.spec.name)
+        self._sync_leftovers()
+
+    def _sync_leftovers(self) -> None:
+        """Send what ended processes left spooled for this tracking server (best effort)."""
+        from bench.tracking_spool import sync_spool
+
+        try:
+            report = sync_spool(self.tracking_uri, self.client.spool_dir)
+        except Exception as exc:  # noqa: BLE001 -- the study must not fail for an old spool
+            print(f"note: could not send spooled MLflow writes yet ({redact_url(str(exc))[:200]}); "
+                  "`cvae-bench sync` retries", file=sys.stderr)
+            return
+        if report.records:
+            print(f"note: sent {report.records} MLflow writes spooled by {report.files} ended process(es)",
+                  file=self.stream)
+
+    def _settle_tracking(self) -> list[str]:
+        """Flush this invocation's spool; a note for the user if the server is still unreachable."""
+        if self.client is None:
+            return []
+        try:
+            if self.client.flush():
+                return []
+            left = self.client.pending
+        finally:
+            self.client.close()
+        return [f"the MLflow server was unreachable: {left} writes are spooled in {self.client.spool_dir}; "
+                f"`cvae-bench sync --tracking-uri {redact_url(self.tracking_uri)}` sends them"]
 
     def _on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial failed by heartbeat: retry it (Optuna) and end its orphaned MLflow run FAILED."""
+        from bench.tracking_spool import LOCAL_PREFIX
+
         retry_stale_trial()(study, trial)
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.client is None or not run_id:
-            return
+        if self.client is None or not run_id or run_id.startswith(LOCAL_PREFIX):
+            return  # a run the server never saw: `cvae-bench sync` ends it when it sends the dead process's spool
         try:
             orphan = RunTracker(self.client, run_id)
             orphan.set_tags({"trial_state": "FAIL"})
@@ -265,6 +308,11 @@ class StudyRun:
         for key in FIXED_ATTRS:
             if key not in attrs:
                 study.set_user_attr(key, wanted[key])
+        for key in SPEC_ATTRS:
+            if key not in attrs:
+                study.set_user_attr(key, getattr(spec, key))
+        if attrs.get("trials_total") != spec.trials:
+            study.set_user_attr("trials_total", spec.trials)
         return study
 
     def _open_parent(self, study: optuna.Study) -> RunTracker:
@@ -304,11 +352,14 @@ class StudyRun:
         except KeyboardInterrupt:
             if parent:
                 parent.end("KILLED", "interrupted")
+            self._settle_tracking()
             raise
         except BaseException as exc:
             if parent:
                 parent.end("FAILED", f"{type(exc).__name__}: {exc}")
+            self._settle_tracking()
             raise
+        outcome.notes += self._settle_tracking()
         outcome.seconds = time.perf_counter() - start
         return outcome
 
@@ -338,7 +389,7 @@ class StudyRun:
 
         def work(j: int) -> None:
             # Each job has its own Study object and sampler; seeds differ per job and per rerun.
-            sampler = make_sampler(spec.sampler, spec.seed + existing + 1000 * j, spec.trials)
+            sampler = make_sampler(spec.sampler, spec.seed + existing + 1000 * j + self.sampler_salt, spec.trials)
             own = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler,
                                     pruner=make_pruner(spec.resolved_pruner, spec.epochs, spec.trials))
             try:
@@ -404,8 +455,11 @@ def best_trial(study: optuna.Study, objective_names: tuple[str, ...]) -> FrozenT
 
 
 def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool = True,
-              stream: TextIO | None = None) -> StudyOutcome:
-    """Run (or resume) the study ``spec`` on ``data`` (loaded from the spec when None)."""
+              stream: TextIO | None = None, sampler_salt: int = 0) -> StudyOutcome:
+    """Run (or resume) the study ``spec`` on ``data`` (loaded from the spec when None).
+
+    ``sampler_salt`` is added to the sampler seeds (distinct per worker process).
+    """
     import torch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -413,7 +467,7 @@ def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.resolved_threads)
     try:
-        return StudyRun(spec, data, progress=progress, stream=stream).run()
+        return StudyRun(spec, data, progress=progress, stream=stream, sampler_salt=sampler_salt).run()
     finally:
         torch.set_num_threads(threads)
 

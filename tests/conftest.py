@@ -21,3 +21,9 @@ def digits():
     from bench.datasets import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _spool_in_tmp(tmp_path_factory):
+    """MLflow writes spooled during tests (outages) stay out of the user's ~/.cache."""
+    os.environ["CVAE_BENCH_SPOOL"] = str(tmp_path_factory.mktemp("mlflow-spool"))

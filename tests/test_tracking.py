@@ -25,13 +25,18 @@ def experiment_id(client):
 
 
 class RecordingTracker(RunTracker):
-    """Records every call that passes the write seam."""
+    """Records every call that passes the write seam; ``inside`` is True while one runs."""
 
     seam_calls: list[str] = []
+    inside = False
 
     def _write(self, method, *args, **kwargs):
         RecordingTracker.seam_calls.append(method)
-        return super()._write(method, *args, **kwargs)
+        RecordingTracker.inside = True
+        try:
+            return super()._write(method, *args, **kwargs)
+        finally:
+            RecordingTracker.inside = False
 
 
 # -- URIs and redaction --------------------------------------------------------------------------
@@ -56,12 +61,12 @@ def test_redaction_masks_passwords_in_urls_and_text():
 
 def test_run_tracker_logs_batches_through_one_seam(client, experiment_id, monkeypatch):
     RecordingTracker.seam_calls = []
-    direct: list[str] = []
-    for name in ("create_run", "log_batch", "log_figure", "log_text", "set_terminated", "update_run"):
+    direct: list[tuple[str, bool]] = []
+    for name in ("create_run", "log_batch", "log_artifact", "set_terminated", "update_run", "set_tag"):
         original = getattr(client, name)
 
         def spy(*args, _name=name, _original=original, **kwargs):
-            direct.append(_name)
+            direct.append((_name, RecordingTracker.inside))
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(client, name, spy)
@@ -75,8 +80,10 @@ def test_run_tracker_logs_batches_through_one_seam(client, experiment_id, monkey
         fig.add_subplot().plot([0, 1])
         run.log_figure(fig, "figures/x.png")
         run.log_text("a,b\n1,2\n", "table.csv")
-    assert direct == RecordingTracker.seam_calls  # no write bypassed the seam
-    assert direct.count("log_batch") == 3 + 3  # 3 param batches + one batch per epoch
+    assert direct and all(inside for _, inside in direct)  # no write bypassed the seam
+    assert RecordingTracker.seam_calls == ["create_run", "log_batch", "log_batch", "log_batch", "log_batch",
+                                           "log_artifact", "log_artifact", "set_terminated"]
+    assert [n for n, _ in direct].count("log_batch") == 3 + 3  # 3 param requests + one per epoch
 
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED"
@@ -86,6 +93,7 @@ def test_run_tracker_logs_batches_through_one_seam(client, experiment_id, monkey
     assert [m.step for m in history] == [1, 2, 3]
     assert [m.value for m in history] == pytest.approx([10.0, 5.0, 10.0 / 3])
     assert {a.path for a in client.list_artifacts(run.run_id, "figures")} == {"figures/x.png"}
+    assert {a.path for a in client.list_artifacts(run.run_id)} >= {"table.csv", "figures"}
 
 
 def test_run_tracker_context_ends_failed_with_reason(client, experiment_id):

@@ -73,13 +73,40 @@ def test_sync_sends_what_a_dead_process_left(server, tmp_path):
     server.stop()
     writer.log_batch(run_id, {"test_neg_elbo": 42.0}, step=5)
     writer.set_terminated(run_id, "FINISHED")
-    del writer  # the process "ends" with its spool on disk
     assert len(list(spool.glob("*.jsonl"))) == 1
+    server.start()
+    assert sync_spool(server.uri, spool).busy == [writer._file.name]  # its process still owns it
+    server.stop()
+    writer.close()  # the process "ends" with its spool on disk
 
     other = ResilientClient(f"http://127.0.0.1:{server.port + 0}", spool)  # same URI, later process
     server.start()
-    files, records, skipped = sync_spool(other.tracking_uri, spool)
-    assert (files, records, skipped) == (1, 2, [])
+    report = sync_spool(other.tracking_uri, spool)
+    assert (report.files, report.records, report.busy, report.other_uri) == (1, 2, [], [])
     assert _history(other.client, run_id, "test_neg_elbo") == [(5, 42.0)]
     assert other.client.get_run(run_id).info.status == "FINISHED"
-    assert sync_spool(server.uri, spool) == (0, 0, [])
+    assert sync_spool(server.uri, spool).files == 0
+
+
+@pytest.mark.slow
+def test_sync_command_sends_a_dead_process_spool_and_fails_its_open_runs(server, tmp_path, capsys):
+    from studies.cli import main
+
+    spool = tmp_path / "spool"
+    writer = ResilientClient(server.uri, spool)
+    exp = writer.client.create_experiment("dead")
+    server.stop()
+    born_in_outage = writer.create_run(exp, "trial-7")  # the process dies before ending this run
+    writer.log_batch(born_in_outage, {"val_kl": 3.0}, step=1)
+    writer.close()
+
+    assert main(["sync", "--tracking-uri", server.uri, "--spool-dir", str(spool)]) == 2  # still down: one line
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "still unreachable" in err and "nothing was lost" in err
+    server.start()
+    assert main(["sync", "--tracking-uri", server.uri, "--spool-dir", str(spool)]) == 0
+    assert "sent 2 spooled writes from 1 file(s)" in capsys.readouterr().out
+    (run,) = writer.client.search_runs([exp])
+    assert run.info.status == "FAILED" and "ended before the run did" in run.data.tags["end_reason"]
+    assert _history(writer.client, run.info.run_id, "val_kl") == [(1, 3.0)]
+    assert not list(spool.glob("*.jsonl")) and not list(spool.glob("*.lock"))

@@ -73,7 +73,8 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(sqlite_url):
     victim = _spawn(sqlite_url, 4, 60.0)  # its first trial would take a minute
     study = optuna.load_study(study_name="s", storage=sqlite_url)
     deadline = time.time() + 60
-    while not study.get_trials(states=(TrialState.RUNNING,)):
+    # Wait until the victim's trial has its parameters (it sleeps after its pid is recorded).
+    while not any("pid" in t.user_attrs for t in study.get_trials(states=(TrialState.RUNNING,))):
         assert time.time() < deadline, "victim never started a trial"
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)
