@@ -7,6 +7,7 @@ one of them as its backend store. Workers are separate processes, as on separate
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from bench.tracking import make_client
-from local_services import MlflowServer, PostgresCluster, postgres_bin
+from local_services import PASSWORD, MlflowServer, PostgresCluster, postgres_bin
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_METRICS = ("train_recon", "train_kl", "val_recon", "val_kl", "val_neg_elbo", "samples_per_s")
@@ -118,6 +119,11 @@ def test_three_workers_started_together_share_one_study_and_one_parent_run(servi
         assert run.info.status == "FINISHED"
         _assert_complete_history(client, run, epochs)
     assert all(r.info.status != "RUNNING" for r in runs)
+    texts = [log.read_text() for log in study.logs]
+    texts += [json.dumps([r.data.params, r.data.tags]) for r in runs]
+    texts += [json.dumps(study.load().user_attrs), json.dumps([t.user_attrs for t in trials])]
+    assert "cvae:***@127.0.0.1" in texts[0]  # the storage URL was printed, redacted
+    assert not [t for t in texts if PASSWORD in t], "the database password leaked"
 
 
 def test_a_worker_killed_mid_trial_is_retried_and_its_run_ended_failed(services, tmp_path):

@@ -379,3 +379,31 @@ def test_suite_config_errors_are_one_line(tmp_path, capsys):
     assert main(["suite", "--config", str(toml)]) == 2
     assert "trials='many' must be an integer" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.db"))
+
+
+# -- cvae-bench worker ---------------------------------------------------------------------------
+
+def test_worker_creates_then_joins_a_study_from_its_stored_settings(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    common = ["worker", "--study-name", "w", "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--tracking-uri",
+              f"sqlite:///{tmp_path / 'm.db'}", *FAST]
+    assert main(common) == 2  # no study yet, and no total to create one with
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist yet" in err and "--trials-total" in err
+
+    assert main([*common, "--trials-total", "2", "--variant", "beta-cvae", "--epochs", "1", "--limit", "300",
+                 "--pruner", "none", "--seed", "3"]) == 0
+    assert "creates study 'w'" in capsys.readouterr().out
+    study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    assert {k: study.user_attrs[k] for k in ("variant", "epochs", "limit", "pruner", "seed", "trials_total")} == \
+        {"variant": "beta-cvae", "epochs": 1, "limit": 300, "pruner": "none", "seed": 3, "trials_total": 2}
+
+    assert main([*common, "--trials-total", "3"]) == 0  # joins: everything else comes from the study
+    out = capsys.readouterr().out
+    assert "joins study 'w'" in out and "beta-cvae on digits" in out and "3/3 finished" in out
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.params.keys() == trials[0].params.keys() for t in trials)
+    assert "beta" in trials[0].params  # beta-cvae's search space, although the joiner never named it
+
+    assert main([*common, "--epochs", "4"]) == 2  # a defining setting that disagrees with the study
+    assert "was made with epochs=1, not 4" in capsys.readouterr().err
