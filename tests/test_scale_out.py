@@ -57,6 +57,7 @@ class Study:
         self.storage = cluster.create_database(name.replace("-", "_"))
         self.tmp = tmp_path
         self.logs: list[Path] = []
+        self.procs: list[subprocess.Popen] = []
 
     def worker(self, *extra: str) -> subprocess.Popen:
         log = self.tmp / f"worker-{len(self.logs)}.log"
@@ -65,7 +66,15 @@ class Study:
                    CVAE_BENCH_SPOOL=str(self.tmp / "spool"))
         cmd = [sys.executable, "-m", "studies.cli", "worker", "--study-name", self.name, "--storage", self.storage,
                "--tracking-uri", self.server.uri, "--iw-samples", "5", "--no-progress", "--threads", "1", *extra]
-        return subprocess.Popen(cmd, cwd=self.tmp, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=self.tmp, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def kill_leftovers(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     def wait(self, workers, timeout: float = 300) -> None:
         for w, log in zip(workers, self.logs[-len(workers):]):
@@ -80,6 +89,20 @@ class Study:
         return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
+@pytest.fixture
+def new_study(services, tmp_path):
+    """``new_study(name)``: a Study whose worker processes are killed if the test fails."""
+    made: list[Study] = []
+
+    def make(name: str) -> Study:
+        made.append(Study(services, name, tmp_path))
+        return made[-1]
+
+    yield make
+    for study in made:
+        study.kill_leftovers()
+
+
 def _children(runs, parent_id):
     return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
 
@@ -91,8 +114,8 @@ def _assert_complete_history(client, run, epochs: int) -> None:
     assert set(FINAL_METRICS) <= set(run.data.metrics), run.info.run_name
 
 
-def test_three_workers_started_together_share_one_study_and_one_parent_run(services, tmp_path):
-    study = Study(services, "three-workers", tmp_path)
+def test_three_workers_started_together_share_one_study_and_one_parent_run(new_study):
+    study = new_study("three-workers")
     n, epochs = 6, 2
     workers = [study.worker("--trials-total", str(n), "--epochs", str(epochs), "--limit", "300", "--pruner", "none")
                for _ in range(3)]  # all three find no study and race to create it
@@ -126,8 +149,8 @@ def test_three_workers_started_together_share_one_study_and_one_parent_run(servi
     assert not [t for t in texts if PASSWORD in t], "the database password leaked"
 
 
-def test_a_worker_killed_mid_trial_is_retried_and_its_run_ended_failed(services, tmp_path):
-    study = Study(services, "killed-worker", tmp_path)
+def test_a_worker_killed_mid_trial_is_retried_and_its_run_ended_failed(new_study):
+    study = new_study("killed-worker")
     n, epochs = 3, 4
     common = ("--trials-total", str(n), "--epochs", str(epochs), "--limit", "1200", "--pruner", "none",
               "--heartbeat", "2")
@@ -163,8 +186,8 @@ def test_a_worker_killed_mid_trial_is_retried_and_its_run_ended_failed(services,
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
 
 
-def test_tracking_server_outage_loses_no_metric(services, tmp_path):
-    study = Study(services, "server-outage", tmp_path)
+def test_tracking_server_outage_loses_no_metric(new_study, tmp_path):
+    study = new_study("server-outage")
     server = study.server
     n, epochs = 14, 4  # ~2 s a trial: the server (~8 s to restart) is usually back before the study ends
     worker = study.worker("--trials-total", str(n), "--epochs", str(epochs), "--pruner", "none", "--sampler", "random")

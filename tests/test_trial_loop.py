@@ -34,9 +34,25 @@ WORKER = textwrap.dedent("""
 """)
 
 
+_SPAWNED: list[subprocess.Popen] = []
+
+
 def _spawn(url: str, total: int, sleep_s: float) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    return subprocess.Popen([sys.executable, "-c", WORKER, url, str(total), str(sleep_s)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, url, str(total), str(sleep_s)], env=env)
+    _SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_workers():
+    """A failing test must not leave its worker processes running."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
