@@ -1,21 +1,26 @@
-"""Figures of a trained CVAE, logged as PNG artifacts of its MLflow run.
+"""Figures of a trained CVAE, logged as PNG artifacts of its MLflow run: what each shows, and drawing it.
 
-Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global figure
-registry, safe from worker threads, no GUI backend needed). Images are decoder means in [0, 1].
-:func:`log_fit_figures` makes and logs them all for a :class:`bench.fit.FitResult`.
+A figure is described by plain numpy data (:class:`ImageGrid`, :class:`TrainingCurves`,
+:class:`KLPerDim`), computed from the model by :mod:`bench.figure_data` and drawn here. The split
+lets ``cvae-bench train`` compute the data in the training process and draw it in its tracking
+process (:mod:`bench.tracking_process`): this module imports neither torch nor, until something is
+drawn, matplotlib. Images are decoder means in [0, 1]; KL and reconstruction are nats per example.
+
+Drawing is kept cheap (tens of ms a figure): image grids are placed pixel for pixel on the figure
+(``figimage``, no axes, labels as figure text), plots use a fixed layout (no constrained layout) at
+:data:`PLOT_DPI`. Figures are built without pyplot (no global figure registry, safe from worker
+threads, no GUI backend needed).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Union
 
 import numpy as np
-import torch
-from matplotlib.figure import Figure
 
-from models import CVAE
-
-from .datasets import Split
+if TYPE_CHECKING:  # matplotlib costs ~0.3 s to import: only a process that draws pays for it
+    from matplotlib.figure import Figure
 
 #: Artifact file of each figure, under the run's artifact root.
 FIGURE_FILES = {
@@ -26,10 +31,57 @@ FIGURE_FILES = {
     "kl_per_dim": "figures/kl_per_dim.png",
 }
 
+#: Every figure is made at this resolution (pixels per inch), and saved at it.
+DPI = 100
+#: Image grids: each image is enlarged by a whole factor to about this many pixels high.
+CELL_TARGET_PX = 32
+#: Line and bar plots: smaller than :data:`DPI`, they stay legible and draw faster.
+PLOT_DPI = 72
 
-def _tile(images: torch.Tensor, nrow: int, pad: int = 1) -> np.ndarray:
-    """(N, C, H, W) in [0, 1] -> one (rows*(H+pad)+pad, nrow*(W+pad)+pad[, C]) array, row-major."""
-    x = images.detach().float().clamp(0, 1).cpu().numpy()
+
+# --------------------------------------------------------------------------------------------------
+# What a figure shows
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """Images tiled row-major in one array, with a title and one optional label per row.
+
+    ``pixels`` is (H, W) grey or (H, W, 3) RGB, float32 in [0, 1]; each cell is ``cell_px`` pixels
+    square with ``pad`` pixels of white between cells and around the grid.
+    """
+
+    pixels: np.ndarray
+    title: str
+    cell_px: int
+    row_labels: tuple[str, ...] = ()
+    pad: int = 1
+
+
+@dataclass(frozen=True)
+class TrainingCurves:
+    """Per-epoch reconstruction and KL terms of training and validation, nats per example."""
+
+    epochs: np.ndarray
+    train_recon: np.ndarray
+    train_kl: np.ndarray
+    val_recon: np.ndarray
+    val_kl: np.ndarray
+
+
+@dataclass(frozen=True)
+class KLPerDim:
+    """KL(q(z_d|x,c) || N(0, 1)) of each latent dimension d, averaged over a split (nats per example)."""
+
+    kl: np.ndarray
+
+
+FigureData = Union[ImageGrid, TrainingCurves, KLPerDim]
+
+
+def tile(images: np.ndarray, nrow: int, pad: int = 1) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> one (rows*(H+pad)+pad, nrow*(W+pad)+pad[, C]) float32 array, row-major."""
+    x = np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0)
     n, c, h, w = x.shape
     rows = -(-n // nrow)
     grid = np.ones((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
@@ -40,102 +92,82 @@ def _tile(images: torch.Tensor, nrow: int, pad: int = 1) -> np.ndarray:
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def _image_figure(grid: np.ndarray, title: str, *, row_labels: Sequence[str] = (), cell_px: int = 0,
-                  inches_per_cell: float = 0.45, ncols: int = 1, nrows: int = 1) -> Figure:
-    fig = Figure(figsize=(max(3.0, ncols * inches_per_cell + 1.0), max(1.6, nrows * inches_per_cell + 0.7)),
-                 layout="constrained")
-    ax = fig.add_subplot()
-    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    if row_labels and cell_px:
-        ax.set_yticks([1 + cell_px / 2 + i * (cell_px + 1) for i in range(len(row_labels))], list(row_labels),
-                      fontsize=7)
-    else:
-        ax.set_yticks([])
+# --------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def draw(data: FigureData) -> "Figure":
+    """The matplotlib figure showing ``data``."""
+    if isinstance(data, ImageGrid):
+        return draw_image_grid(data)
+    if isinstance(data, TrainingCurves):
+        return draw_training_curves(data)
+    if isinstance(data, KLPerDim):
+        return draw_kl_per_dim(data)
+    raise TypeError(f"no figure for {type(data).__name__}")
+
+
+def cell_scale(cell_px: int) -> int:
+    """The whole factor :func:`draw_image_grid` enlarges images of ``cell_px`` pixels by."""
+    return max(1, round(CELL_TARGET_PX / cell_px)) if cell_px else 1
+
+
+def draw_image_grid(grid: ImageGrid) -> "Figure":
+    """The grid enlarged pixel for pixel (nearest neighbour), its title above, row labels at the left."""
+    from matplotlib.figure import Figure
+
+    scale = cell_scale(grid.cell_px)
+    image = np.repeat(np.repeat(grid.pixels, scale, axis=0), scale, axis=1)
+    h, w = image.shape[:2]
+    # Margins in pixels; text widths estimated from the font size (7 pt labels, 9 pt title at DPI).
+    left = 8 + (6 * max(map(len, grid.row_labels)) if grid.row_labels else 0)
+    top, bottom, right = 22, 6, 8
+    width = max(left + w + right, 16 + 7 * len(grid.title))
+    height = top + h + bottom
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    x0 = left + (width - left - right - w) // 2
+    fig.figimage(image, xo=x0, yo=bottom, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0,
+                 origin="upper")
+    fig.text(0.5, 1 - 4 / height, grid.title, ha="center", va="top", fontsize=9)
+    for i, label in enumerate(grid.row_labels):
+        centre = bottom + h - (grid.pad + grid.cell_px / 2 + i * (grid.cell_px + grid.pad)) * scale
+        fig.text((x0 - 4) / width, centre / height, label, ha="right", va="center", fontsize=7)
     return fig
 
 
-def reconstruction_grid(model: CVAE, split: Split, n: int = 10) -> Figure:
-    """The first ``n`` examples of ``split`` (top row) over their reconstructions (bottom row)."""
-    n = min(n, len(split))
-    x, y = split.x[:n], split.y[:n]
-    images = torch.cat([x, model.reconstruct(x, y).to(x.dtype)])
-    return _image_figure(_tile(images, nrow=n), "originals (top) and reconstructions (bottom)",
-                         row_labels=("data", "recon"), cell_px=x.shape[-2], ncols=n, nrows=2)
+def draw_training_curves(curves: TrainingCurves) -> "Figure":
+    """Recon and KL per epoch (train dashed, val solid), and the validation rate-distortion path."""
+    from matplotlib.figure import Figure
 
-
-def class_samples(model: CVAE, class_names: Sequence[str], per_class: int = 10, seed: int = 0) -> Figure:
-    """Samples from the prior, one row per class (decoder means, z ~ N(0, I) from ``seed``)."""
-    device = next(model.parameters()).device
-    k, latent = len(class_names), model.cfg.latent_dim
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(k * per_class, latent, generator=gen).to(device)
-    y = torch.arange(k, device=device).repeat_interleave(per_class)
-    model.eval()
-    images = model.generate(y, z)
-    model.train()
-    return _image_figure(_tile(images, nrow=per_class), "class-conditional samples (one row per class)",
-                         row_labels=[str(c) for c in class_names], cell_px=images.shape[-2], ncols=per_class,
-                         nrows=k)
-
-
-def latent_traversal(model: CVAE, split: Split, dims: int = 6, steps: int = 9, span: float = 2.5) -> Figure:
-    """Vary the ``dims`` latent dimensions of highest KL around the posterior mean of one example.
-
-    Row i sets latent ``d_i`` to ``mu[d_i] + t`` for ``steps`` values of t in [-span, span] (prior
-    standard deviations), every other dimension at the posterior mean; the condition stays that
-    example's class. Dimensions are ranked by :meth:`CVAE.kl_per_dim` on ``split``.
-    """
-    model.eval()
-    x, y = split.x[:1], split.y[:1]
-    kl = model.kl_per_dim(split.x[:500], split.y[:500])
-    order = torch.argsort(kl, descending=True)[:min(dims, kl.numel())]
-    mu = model.posterior_mean(x, y)[0]
-    offsets = torch.linspace(-span, span, steps, device=mu.device)
-    z = mu.repeat(len(order) * steps, 1)
-    for row, d in enumerate(order.tolist()):
-        z[row * steps:(row + 1) * steps, d] += offsets
-    images = model.generate(y.repeat(z.shape[0]), z)
-    model.train()
-    labels = [f"z{d} ({kl[d]:.2f})" for d in order.tolist()]
-    return _image_figure(_tile(images, nrow=steps),
-                         f"latent traversal, class {int(y[0])}: mu ± {span:g} per dim (KL nats)",
-                         row_labels=labels, cell_px=images.shape[-2], ncols=steps, nrows=len(order))
-
-
-def recon_vs_kl(history: Sequence[Mapping[str, float]]) -> Figure:
-    """Per-epoch recon and KL (train and val, nats per example), and the val rate-distortion path."""
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(11, 3.2), layout="constrained")
+    fig = Figure(figsize=(11, 3.2), dpi=PLOT_DPI)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.16, top=0.9, wspace=0.28)
     ax_recon, ax_kl, ax_rd = fig.subplots(1, 3)
     for split, style in (("train", "--"), ("val", "-")):
-        ax_recon.plot(epochs, [h[f"{split}_recon"] for h in history], style, marker=".", label=split)
-        ax_kl.plot(epochs, [h[f"{split}_kl"] for h in history], style, marker=".", label=split)
+        ax_recon.plot(curves.epochs, getattr(curves, f"{split}_recon"), style, marker=".", label=split)
+        ax_kl.plot(curves.epochs, getattr(curves, f"{split}_kl"), style, marker=".", label=split)
     ax_recon.set(title="reconstruction (distortion)", xlabel="epoch", ylabel="nats / example")
     ax_kl.set(title="KL (rate)", xlabel="epoch", ylabel="nats / example")
     ax_recon.legend(fontsize=8)
     ax_kl.legend(fontsize=8)
-    rate, distortion = [h["val_kl"] for h in history], [h["val_recon"] for h in history]
-    ax_rd.plot(rate, distortion, "-", color="0.7", zorder=1)
-    points = ax_rd.scatter(rate, distortion, c=epochs, cmap="viridis", zorder=2)
-    fig.colorbar(points, ax=ax_rd, label="epoch")
+    ax_rd.plot(curves.val_kl, curves.val_recon, "-", color="0.7", zorder=1)
+    ax_rd.scatter(curves.val_kl, curves.val_recon, c=curves.epochs, cmap="viridis", s=16, zorder=2)
+    if len(curves.epochs):  # the colour runs dark (first epoch) to yellow (last); name both ends
+        for i, align in ((0, "right"), (-1, "left")):
+            ax_rd.annotate(f"epoch {int(curves.epochs[i])}", (curves.val_kl[i], curves.val_recon[i]), fontsize=8,
+                           xytext=(-6 if align == "right" else 6, 0), textcoords="offset points", ha=align,
+                           va="center")
     ax_rd.set(title="validation rate-distortion path", xlabel="val_kl (rate, nats)",
               ylabel="val_recon (distortion, nats)")
     return fig
 
 
-def kl_per_dim(model: CVAE, split: Split, batch_size: int = 500) -> Figure:
-    """Bar chart of KL(q(z_d|x,c) || N(0, 1)) per latent dimension d, averaged over ``split`` (nats)."""
-    model.eval()
-    total = None
-    for start in range(0, len(split), batch_size):
-        part = model.kl_per_dim(split.x[start:start + batch_size], split.y[start:start + batch_size])
-        part = part * min(batch_size, len(split) - start)
-        total = part if total is None else total + part
-    model.train()
-    kl = (total / len(split)).cpu().numpy()
-    fig = Figure(figsize=(max(4.0, 0.18 * len(kl) + 1.5), 3.0), layout="constrained")
+def draw_kl_per_dim(data: KLPerDim) -> "Figure":
+    """Bar chart of the KL of each latent dimension (nats per example), total in the title."""
+    from matplotlib.figure import Figure
+
+    kl = np.asarray(data.kl, dtype=float)
+    fig = Figure(figsize=(max(4.0, 0.18 * len(kl) + 1.5), 3.0), dpi=PLOT_DPI)
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.16, top=0.88)
     ax = fig.add_subplot()
     ax.bar(np.arange(len(kl)), kl, color="tab:blue")
     ax.set(title=f"KL per latent dimension (total {kl.sum():.2f} nats)", xlabel="latent dimension",
@@ -143,22 +175,38 @@ def kl_per_dim(model: CVAE, split: Split, batch_size: int = 500) -> Figure:
     return fig
 
 
-def fit_figures(result: Any, split: Split | None = None) -> dict[str, Figure]:
+def warm_up() -> None:
+    """Import matplotlib and draw one small figure with text (fonts loaded), so the next draw is fast."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1), dpi=DPI)
+    fig.text(0.5, 0.5, "0.1 nats", fontsize=9)
+    fig.savefig(io.BytesIO(), format="png")
+
+
+# --------------------------------------------------------------------------------------------------
+# Logging
+
+
+def log_figures(tracker: Any, figure_data: Mapping[str, FigureData]) -> None:
+    """Draw each figure of ``figure_data`` (keyed like :data:`FIGURE_FILES`) and log it through ``tracker``."""
+    for name, data in figure_data.items():
+        fig = draw(data)
+        tracker.log_figure(fig, FIGURE_FILES[name])
+        fig.clear()
+
+
+def fit_figures(result: Any, split: Any = None) -> dict[str, "Figure"]:
     """All figures of a :class:`bench.fit.FitResult`, keyed like :data:`FIGURE_FILES` (val split)."""
-    model, data = result.model, result.data
-    split = split if split is not None else data.val
-    with torch.no_grad():
-        return {
-            "reconstructions": reconstruction_grid(model, split),
-            "class_samples": class_samples(model, data.class_names),
-            "latent_traversal": latent_traversal(model, split),
-            "recon_vs_kl": recon_vs_kl(result.history),
-            "kl_per_dim": kl_per_dim(model, split),
-        }
+    from .figure_data import fit_figure_data
+
+    return {name: draw(data) for name, data in fit_figure_data(result, split).items()}
 
 
 def log_fit_figures(tracker: Any, result: Any) -> None:
     """Make every figure of ``result`` and log it as a PNG artifact through ``tracker``."""
-    for name, fig in fit_figures(result).items():
-        tracker.log_figure(fig, FIGURE_FILES[name])
-        fig.clear()
+    from .figure_data import fit_figure_data
+
+    log_figures(tracker, fit_figure_data(result))
