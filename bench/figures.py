@@ -7,8 +7,8 @@ process (:mod:`bench.tracking_process`): this module imports neither torch nor, 
 drawn, matplotlib. Images are decoder means in [0, 1]; KL and reconstruction are nats per example.
 
 Drawing is kept cheap (tens of ms a figure): image grids are placed pixel for pixel on the figure
-(``figimage``, no axes, labels as figure text), plots use a fixed layout (no constrained layout) at
-:data:`PLOT_DPI`. Figures are built without pyplot (no global figure registry, safe from worker
+(``figimage``, no axes, labels as figure text), plots are small and use a fixed layout (no
+constrained layout). Figures are built without pyplot (no global figure registry, safe from worker
 threads, no GUI backend needed).
 """
 
@@ -31,12 +31,13 @@ FIGURE_FILES = {
     "kl_per_dim": "figures/kl_per_dim.png",
 }
 
-#: Every figure is made at this resolution (pixels per inch), and saved at it.
+#: Every figure is made at this resolution (pixels per inch), the one RunTracker.log_figure saves at.
 DPI = 100
 #: Image grids: each image is enlarged by a whole factor to about this many pixels high.
 CELL_TARGET_PX = 32
-#: Line and bar plots: smaller than :data:`DPI`, they stay legible and draw faster.
-PLOT_DPI = 72
+#: Line and bar plots: small type, so that small figures (few pixels to draw) stay legible.
+PLOT_STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+              "legend.fontsize": 7, "lines.markersize": 4}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,41 +138,45 @@ def draw_image_grid(grid: ImageGrid) -> "Figure":
 
 def draw_training_curves(curves: TrainingCurves) -> "Figure":
     """Recon and KL per epoch (train dashed, val solid), and the validation rate-distortion path."""
+    import matplotlib
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 3.2), dpi=PLOT_DPI)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.16, top=0.9, wspace=0.28)
-    ax_recon, ax_kl, ax_rd = fig.subplots(1, 3)
-    for split, style in (("train", "--"), ("val", "-")):
-        ax_recon.plot(curves.epochs, getattr(curves, f"{split}_recon"), style, marker=".", label=split)
-        ax_kl.plot(curves.epochs, getattr(curves, f"{split}_kl"), style, marker=".", label=split)
-    ax_recon.set(title="reconstruction (distortion)", xlabel="epoch", ylabel="nats / example")
-    ax_kl.set(title="KL (rate)", xlabel="epoch", ylabel="nats / example")
-    ax_recon.legend(fontsize=8)
-    ax_kl.legend(fontsize=8)
-    ax_rd.plot(curves.val_kl, curves.val_recon, "-", color="0.7", zorder=1)
-    ax_rd.scatter(curves.val_kl, curves.val_recon, c=curves.epochs, cmap="viridis", s=16, zorder=2)
-    if len(curves.epochs):  # the colour runs dark (first epoch) to yellow (last); name both ends
-        for i, align in ((0, "right"), (-1, "left")):
-            ax_rd.annotate(f"epoch {int(curves.epochs[i])}", (curves.val_kl[i], curves.val_recon[i]), fontsize=8,
-                           xytext=(-6 if align == "right" else 6, 0), textcoords="offset points", ha=align,
-                           va="center")
-    ax_rd.set(title="validation rate-distortion path", xlabel="val_kl (rate, nats)",
-              ylabel="val_recon (distortion, nats)")
+    with matplotlib.rc_context(PLOT_STYLE):
+        fig = Figure(figsize=(8.4, 2.5), dpi=DPI)
+        fig.subplots_adjust(left=0.065, right=0.985, bottom=0.17, top=0.9, wspace=0.3)
+        ax_recon, ax_kl, ax_rd = fig.subplots(1, 3)
+        for split, style in (("train", "--"), ("val", "-")):
+            ax_recon.plot(curves.epochs, getattr(curves, f"{split}_recon"), style, marker=".", label=split)
+            ax_kl.plot(curves.epochs, getattr(curves, f"{split}_kl"), style, marker=".", label=split)
+        ax_recon.set(title="reconstruction (distortion)", xlabel="epoch", ylabel="nats / example")
+        ax_kl.set(title="KL (rate)", xlabel="epoch", ylabel="nats / example")
+        ax_recon.legend()
+        ax_kl.legend()
+        ax_rd.plot(curves.val_kl, curves.val_recon, "-", color="0.7", zorder=1)
+        ax_rd.scatter(curves.val_kl, curves.val_recon, c=curves.epochs, cmap="viridis", s=12, zorder=2)
+        if len(curves.epochs):  # the colour runs dark (first epoch) to yellow (last): name both ends
+            for i, side in ((0, -1), (-1, 1)):
+                ax_rd.annotate(f"epoch {int(curves.epochs[i])}", (curves.val_kl[i], curves.val_recon[i]),
+                               xytext=(5 * side, 0), textcoords="offset points", va="center",
+                               ha="left" if side > 0 else "right")
+        ax_rd.set(title="validation rate-distortion path", xlabel="val_kl (rate, nats)",
+                  ylabel="val_recon (distortion, nats)")
     return fig
 
 
 def draw_kl_per_dim(data: KLPerDim) -> "Figure":
     """Bar chart of the KL of each latent dimension (nats per example), total in the title."""
+    import matplotlib
     from matplotlib.figure import Figure
 
     kl = np.asarray(data.kl, dtype=float)
-    fig = Figure(figsize=(max(4.0, 0.18 * len(kl) + 1.5), 3.0), dpi=PLOT_DPI)
-    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.16, top=0.88)
-    ax = fig.add_subplot()
-    ax.bar(np.arange(len(kl)), kl, color="tab:blue")
-    ax.set(title=f"KL per latent dimension (total {kl.sum():.2f} nats)", xlabel="latent dimension",
-           ylabel="nats / example")
+    with matplotlib.rc_context(PLOT_STYLE):
+        fig = Figure(figsize=(max(3.2, 0.13 * len(kl) + 1.0), 2.2), dpi=DPI)
+        fig.subplots_adjust(left=0.15, right=0.97, bottom=0.2, top=0.88)
+        ax = fig.add_subplot()
+        ax.bar(np.arange(len(kl)), kl, color="tab:blue")
+        ax.set(title=f"KL per latent dimension (total {kl.sum():.2f} nats)", xlabel="latent dimension",
+               ylabel="nats / example")
     return fig
 
 

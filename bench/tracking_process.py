@@ -18,7 +18,8 @@ and back (a pipe of its own)::
     ("run", run_id)                  the run exists
     ("error", phase, message)        phase "open": the store could not be opened, no run exists;
                                      "run": a write failed, the run is incomplete (ended FAILED if possible)
-    ("done", run_id)                 everything is written; the process exits
+    ("done", run_id, note)           everything is written (note: None, or how many writes wait in
+                                     the local spool because the server is down); the process exits
 
 The tracking process writes through :class:`bench.tracking.RunTracker` (so through its write seam,
 ``RunTracker._write``), exactly as an in-process tracker would. The URI travels in the first message,
@@ -75,8 +76,9 @@ def _read_message(stream: BinaryIO) -> tuple | None:
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line, passwords masked, at most :data:`MAX_DETAIL` characters."""
-    text = " ".join(str(exc).split())
+    """``Type: message`` on one line, passwords masked, at most :data:`MAX_DETAIL` characters
+    (SQLAlchemy's echo of the failed statement left out)."""
+    text = " ".join(str(exc).split()).split(" [SQL: ")[0]
     if not isinstance(exc, CLIError):
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return redact_url(text)[:MAX_DETAIL]
@@ -112,7 +114,8 @@ class TrackingProcess:
         self.run_id: str | None = None
         self.error: tuple[str, str] | None = None  # (phase, message) reported by the child
         self.done = False
-        self.started = self.ended = False
+        self.note: str | None = None  # from the child when done: writes left in the spool (server down)
+        self.ended = False
         self._closed = threading.Event()  # the child closed its reply pipe (finished or died)
         self._sender = threading.Thread(target=self._send_loop, name="tracking-send", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="tracking-read", daemon=True)
@@ -123,7 +126,6 @@ class TrackingProcess:
     def start_run(self, tracking_uri: str, experiment: str, run_name: str, *, tags: Mapping[str, Any],
                   params: Mapping[str, Any]) -> None:
         """Open ``experiment`` on ``tracking_uri`` and create the run (in the child)."""
-        self.started = True
         self._send(("start", tracking_uri, experiment, run_name, dict(tags), dict(params)))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -163,9 +165,9 @@ class TrackingProcess:
         if self.error:
             raise TrackingError(f"MLflow run {self.run_id} is incomplete: {self.error[1]}")
         if not self.done:
-            where = f"MLflow run {self.run_id} is incomplete" if self.run_id else "nothing was tracked"
-            raise TrackingError(f"{where}: the tracking process exited with status {returncode} "
-                                f"before the run was written")
+            run = f"MLflow run {self.run_id}" if self.run_id else "the MLflow run"
+            raise TrackingError(f"the tracking process exited with status {returncode} before it had written "
+                                f"everything: {run} is incomplete or missing")
         return self.run_id
 
     def abandon(self) -> None:
@@ -222,7 +224,7 @@ class TrackingProcess:
                 elif kind == "error":
                     self.error = (message[1], message[2])
                 elif kind == "done":
-                    self.run_id, self.done = message[1], True
+                    self.run_id, self.note, self.done = message[1], message[2], True
         finally:
             self._replies.close()
             self._closed.set()
@@ -238,6 +240,7 @@ class _Child:
     def __init__(self, inbox: BinaryIO, outbox: BinaryIO) -> None:
         self.inbox, self.outbox = inbox, outbox
         self.tracker: Any = None
+        self.tracking_uri = ""
 
     def reply(self, *message: Any) -> None:
         try:
@@ -255,6 +258,7 @@ class _Child:
         if start is None or start[0] != "start":
             return 0  # abandoned before the run existed: write nothing
         _, tracking_uri, experiment, run_name, tags, params = start
+        self.tracking_uri = tracking_uri
         try:
             client, experiment_id = open_experiment(tracking_uri, experiment)
             self.tracker = RunTracker.start(client, experiment_id, run_name, tags=tags)
@@ -291,12 +295,26 @@ class _Child:
                 log_figures(tracker, message[1])
             elif kind == "end":
                 tracker.end(message[1], message[2])
-                self.reply("done", tracker.run_id)
+                note = self._settle()
+                self.reply("done", tracker.run_id, note)
                 return 0
             else:
                 raise ValueError(f"unknown message {kind!r}")
         tracker.end("KILLED", "the training process exited before ending the run")
+        self._settle()
         return 1
+
+    def _settle(self) -> str | None:
+        """Send what the spool holds; a note for the user if the server is still unreachable."""
+        client = self.tracker.client
+        try:
+            if client.flush():
+                return None
+            left = client.pending
+        finally:
+            client.close()
+        return (f"the MLflow server was unreachable: {left} writes are spooled in {client.spool_dir}; "
+                f"`cvae-bench sync --tracking-uri {redact_url(self.tracking_uri)}` sends them")
 
 
 def main(argv: list[str]) -> int:

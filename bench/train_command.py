@@ -187,6 +187,8 @@ def run_train(args: argparse.Namespace) -> int:
         run_id = tracking.finish()
         print(f"tracked as MLflow run {run_id} in experiment {args.experiment!r} "
               f"({ui_hint(resolve_tracking_uri(args.tracking_uri))})")
+        if tracking.note:
+            print(f"note: {tracking.note}", file=sys.stderr)
     return 0
 
 

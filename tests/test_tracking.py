@@ -140,29 +140,56 @@ def test_null_tracker_has_the_interface():
 # -- figures -------------------------------------------------------------------------------------
 
 def test_figures_show_what_they_say(digits):
+    from bench.figure_data import fit_figure_data
     from bench.fit import fit
     from bench.presets import model_config
     from bench.train_config import TrainConfig
 
     result = fit(model_config("cvae", digits, latent_dim=6), TrainConfig(epochs=2), digits, progress=False,
                  final_eval=False)
-    figs = figures.fit_figures(result)
-    assert set(figs) == set(figures.FIGURE_FILES)
-    assert all(isinstance(f, Figure) for f in figs.values())
+    data = fit_figure_data(result)
+    assert set(data) == set(figures.FIGURE_FILES)
     cell = 8 + 1  # 8x8 digits, 1 px padding
-    grid = figs["class_samples"].axes[0].images[0].get_array()
-    assert grid.shape == (10 * cell + 1, 10 * cell + 1)  # one row per class, 10 samples each
-    recon = figs["reconstructions"].axes[0].images[0].get_array()
-    assert recon.shape == (2 * cell + 1, 10 * cell + 1)
-    np.testing.assert_allclose(recon[1:9, 1:9], digits.val.x[0, 0].numpy())  # top-left: the first original
-    traversal = figs["latent_traversal"].axes[0].images[0].get_array()
-    assert traversal.shape == (6 * cell + 1, 9 * cell + 1)  # all 6 latent dims, 9 steps
-    bars = figs["kl_per_dim"].axes[0].patches
-    assert len(bars) == 6
+    samples = data["class_samples"]
+    assert samples.pixels.shape == (10 * cell + 1, 10 * cell + 1)  # one row per class, 10 samples each
+    assert samples.row_labels == tuple(digits.class_names)
+    recon = data["reconstructions"]
+    assert recon.pixels.shape == (2 * cell + 1, 10 * cell + 1) and recon.row_labels == ("data", "recon")
+    np.testing.assert_allclose(recon.pixels[1:9, 1:9], digits.val.x[0, 0].numpy())  # top-left: the first original
+    traversal = data["latent_traversal"]
+    assert traversal.pixels.shape == (6 * cell + 1, 9 * cell + 1)  # all 6 latent dims, 9 steps
+    assert len(traversal.row_labels) == 6 and all(label.startswith("z") for label in traversal.row_labels)
     kl = result.model.kl_per_dim(digits.val.x, digits.val.y)
+    np.testing.assert_allclose(data["kl_per_dim"].kl, kl.numpy(), rtol=1e-5)
+    assert list(data["recon_vs_kl"].epochs) == [1, 2]
+
+    figs = figures.fit_figures(result)  # drawn: what a run's PNGs show
+    assert set(figs) == set(figures.FIGURE_FILES) and all(isinstance(f, Figure) for f in figs.values())
+    for name in ("reconstructions", "class_samples", "latent_traversal"):
+        grid, fig = data[name], figs[name]
+        scale = figures.cell_scale(grid.cell_px)
+        np.testing.assert_array_equal(fig.images[0].get_array(), np.kron(grid.pixels, np.ones((scale, scale))))
+        texts = [t.get_text() for t in fig.texts]
+        assert texts == [grid.title, *grid.row_labels]  # title, then one label per row
+    bars = figs["kl_per_dim"].axes[0].patches
     np.testing.assert_allclose([b.get_height() for b in bars], kl.numpy(), rtol=1e-5)
+    assert "total" in figs["kl_per_dim"].axes[0].get_title()
     curves = figs["recon_vs_kl"].axes
     assert [len(line.get_xdata()) for line in curves[0].lines] == [2, 2]  # train and val, 2 epochs
+    assert [ax.get_title() for ax in curves] == ["reconstruction (distortion)", "KL (rate)",
+                                                 "validation rate-distortion path"]
+
+
+def test_figures_are_pngs_of_their_size(tmp_path):
+    grid = figures.ImageGrid(np.random.default_rng(0).random((19, 37), dtype=np.float32), "t", cell_px=8,
+                             row_labels=("a", "b"))
+    fig = figures.draw(grid)
+    fig.savefig(tmp_path / "g.png", dpi=figures.DPI)
+    from matplotlib.image import imread
+
+    png = imread(tmp_path / "g.png")
+    width, height = fig.get_size_inches() * figures.DPI
+    assert png.shape[:2] == (round(height), round(width))
 
 
 # -- the train command ---------------------------------------------------------------------------
