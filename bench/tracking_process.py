@@ -250,16 +250,22 @@ class _Child:
             pass
 
     def serve(self) -> int:
-        import mlflow  # noqa: F401 - the slow import, done while the training process loads data
-
-        from .tracking import RunTracker, open_experiment
-
+        try:
+            import mlflow  # noqa: F401 - the slow import, done while the training process loads data
+        except ImportError as exc:
+            missing: ImportError | None = exc
+        else:
+            missing = None
         start = _read_message(self.inbox)
         if start is None or start[0] != "start":
             return 0  # abandoned before the run existed: write nothing
         _, tracking_uri, experiment, run_name, tags, params = start
         self.tracking_uri = tracking_uri
         try:
+            if missing:
+                raise missing
+            from .tracking import RunTracker, open_experiment
+
             client, experiment_id = open_experiment(tracking_uri, experiment)
             self.tracker = RunTracker.start(client, experiment_id, run_name, tags=tags)
         except Exception as exc:  # noqa: BLE001 - any failure here means the store is unusable
