@@ -4,12 +4,11 @@ A figure is described by plain numpy data (:class:`ImageGrid`, :class:`TrainingC
 :class:`KLPerDim`), computed from the model by :mod:`bench.figure_data` and drawn here. The split
 lets ``cvae-bench train`` compute the data in the training process and draw it in its tracking
 process (:mod:`bench.tracking_process`): this module imports neither torch nor, until something is
-drawn, matplotlib. Images are decoder means in [0, 1]; KL and reconstruction are nats per example.
+drawn, Pillow. Images are decoder means in [0, 1]; KL and reconstruction are nats per example.
 
-Drawing is kept cheap (tens of ms a figure): image grids are placed pixel for pixel on the figure
-(``figimage``, no axes, labels as figure text), plots are small and use a fixed layout (no
-constrained layout). Figures are built without pyplot (no global figure registry, safe from worker
-threads, no GUI backend needed).
+Drawing takes a few milliseconds a figure (:mod:`bench.raster_plot`, straight onto a Pillow image):
+image grids are placed pixel for pixel, enlarged by a whole factor; the plots have titles, axis
+labels, ticks and legends like their matplotlib originals, without matplotlib's ~0.3 s import.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Union
 
 import numpy as np
 
-if TYPE_CHECKING:  # matplotlib costs ~0.3 s to import: only a process that draws pays for it
-    from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 #: Artifact file of each figure, under the run's artifact root.
 FIGURE_FILES = {
@@ -31,13 +30,12 @@ FIGURE_FILES = {
     "kl_per_dim": "figures/kl_per_dim.png",
 }
 
-#: Every figure is made at this resolution (pixels per inch), the one RunTracker.log_figure saves at.
-DPI = 100
 #: Image grids: each image is enlarged by a whole factor to about this many pixels high.
 CELL_TARGET_PX = 32
-#: Line and bar plots: small type, so that small figures (few pixels to draw) stay legible.
-PLOT_STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-              "legend.fontsize": 7, "lines.markersize": 4}
+#: Text heights in pixels: titles, and the labels of rows.
+TITLE_PX, LABEL_PX = 13, 11
+#: Height of the band above an image grid that holds its title (pixels).
+TITLE_BAND_PX = 26
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,8 +95,8 @@ def tile(images: np.ndarray, nrow: int, pad: int = 1) -> np.ndarray:
 # Drawing
 
 
-def draw(data: FigureData) -> "Figure":
-    """The matplotlib figure showing ``data``."""
+def draw(data: FigureData) -> "Image":
+    """The picture of ``data`` (a Pillow image, saved as PNG when logged)."""
     if isinstance(data, ImageGrid):
         return draw_image_grid(data)
     if isinstance(data, TrainingCurves):
@@ -113,97 +111,107 @@ def cell_scale(cell_px: int) -> int:
     return max(1, round(CELL_TARGET_PX / cell_px)) if cell_px else 1
 
 
-def draw_image_grid(grid: ImageGrid) -> "Figure":
+def grid_origin(grid: ImageGrid) -> tuple[int, int]:
+    """Where :func:`draw_image_grid` puts the top-left pixel of the grid (x, y)."""
+    from .raster_plot import font
+
+    labels = max((font(LABEL_PX).getlength(label) for label in grid.row_labels), default=0.0)
+    return 8 + (int(labels) + 6 if grid.row_labels else 0), TITLE_BAND_PX
+
+
+def draw_image_grid(grid: ImageGrid) -> "Image":
     """The grid enlarged pixel for pixel (nearest neighbour), its title above, row labels at the left."""
-    from matplotlib.figure import Figure
+    from .raster_plot import Canvas, font
 
     scale = cell_scale(grid.cell_px)
-    image = np.repeat(np.repeat(grid.pixels, scale, axis=0), scale, axis=1)
-    h, w = image.shape[:2]
-    # Margins in pixels; text widths estimated from the font size (7 pt labels, 9 pt title at DPI).
-    left = 8 + (6 * max(map(len, grid.row_labels)) if grid.row_labels else 0)
-    top, bottom, right = 22, 6, 8
-    width = max(left + w + right, 16 + 7 * len(grid.title))
-    height = top + h + bottom
-    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    x0 = left + (width - left - right - w) // 2
-    fig.figimage(image, xo=x0, yo=bottom, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0,
-                 origin="upper")
-    fig.text(0.5, 1 - 4 / height, grid.title, ha="center", va="top", fontsize=9)
+    h, w = grid.pixels.shape[0] * scale, grid.pixels.shape[1] * scale
+    left, top = grid_origin(grid)
+    width = max(left + w + 8, int(font(TITLE_PX).getlength(grid.title)) + 16)
+    canvas = Canvas(width, top + h + 8, mode="L" if grid.pixels.ndim == 2 else "RGB")
+    canvas.paste_array(grid.pixels, (left, top), scale)
+    canvas.text((width / 2, 6), grid.title, size=TITLE_PX, anchor="mt")
     for i, label in enumerate(grid.row_labels):
-        centre = bottom + h - (grid.pad + grid.cell_px / 2 + i * (grid.cell_px + grid.pad)) * scale
-        fig.text((x0 - 4) / width, centre / height, label, ha="right", va="center", fontsize=7)
-    return fig
+        centre = top + (grid.pad + grid.cell_px / 2 + i * (grid.cell_px + grid.pad)) * scale
+        canvas.text((left - 5, centre), label, size=LABEL_PX, anchor="rm")
+    return canvas.image
 
 
-def draw_training_curves(curves: TrainingCurves) -> "Figure":
-    """Recon and KL per epoch (train dashed, val solid), and the validation rate-distortion path."""
-    import matplotlib
-    from matplotlib.figure import Figure
+def _epoch_ticks(epochs: np.ndarray) -> list[float]:
+    from .raster_plot import nice_ticks
 
-    with matplotlib.rc_context(PLOT_STYLE):
-        fig = Figure(figsize=(8.4, 2.5), dpi=DPI)
-        fig.subplots_adjust(left=0.065, right=0.985, bottom=0.17, top=0.9, wspace=0.3)
-        ax_recon, ax_kl, ax_rd = fig.subplots(1, 3)
-        for split, style in (("train", "--"), ("val", "-")):
-            ax_recon.plot(curves.epochs, getattr(curves, f"{split}_recon"), style, marker=".", label=split)
-            ax_kl.plot(curves.epochs, getattr(curves, f"{split}_kl"), style, marker=".", label=split)
-        ax_recon.set(title="reconstruction (distortion)", xlabel="epoch", ylabel="nats / example")
-        ax_kl.set(title="KL (rate)", xlabel="epoch", ylabel="nats / example")
-        ax_recon.legend()
-        ax_kl.legend()
-        ax_rd.plot(curves.val_kl, curves.val_recon, "-", color="0.7", zorder=1)
-        ax_rd.scatter(curves.val_kl, curves.val_recon, c=curves.epochs, cmap="viridis", s=12, zorder=2)
-        if len(curves.epochs):  # the colour runs dark (first epoch) to yellow (last): name both ends
-            for i, side in ((0, -1), (-1, 1)):
-                ax_rd.annotate(f"epoch {int(curves.epochs[i])}", (curves.val_kl[i], curves.val_recon[i]),
-                               xytext=(5 * side, 0), textcoords="offset points", va="center",
-                               ha="left" if side > 0 else "right")
-        ax_rd.set(title="validation rate-distortion path", xlabel="val_kl (rate, nats)",
-                  ylabel="val_recon (distortion, nats)")
-    return fig
+    ticks = nice_ticks(float(epochs.min()), float(epochs.max())) if len(epochs) else []
+    return [t for t in ticks if t == int(t)] or [float(t) for t in epochs[:1]]
 
 
-def draw_kl_per_dim(data: KLPerDim) -> "Figure":
+def draw_training_curves(curves: TrainingCurves) -> "Image":
+    """Recon and KL per epoch (train dashed, val solid), and the validation rate-distortion path
+    (points coloured dark to yellow by epoch, the first and last named)."""
+    from .raster_plot import GREY, TAB_BLUE, TAB_ORANGE, Axes, Canvas, padded_range, viridis
+
+    panel, height = 300, 280
+    canvas = Canvas(3 * panel, height)
+    boxes = [(i * panel + 62, 26, i * panel + panel - 14, height - 46) for i in range(3)]
+    epochs = np.asarray(curves.epochs, dtype=float)
+    xlim = padded_range(epochs, 0.04)
+    for box, term, title in ((boxes[0], "recon", "reconstruction (distortion)"), (boxes[1], "kl", "KL (rate)")):
+        train, val = getattr(curves, f"train_{term}"), getattr(curves, f"val_{term}")
+        ax = Axes(canvas, box, xlim, padded_range([*train, *val]), title=title, xlabel="epoch",
+                  ylabel="nats / example", xticks=_epoch_ticks(epochs))
+        ax.line(epochs, train, TAB_BLUE, dashed=True, markers=True)
+        ax.line(epochs, val, TAB_ORANGE, markers=True)
+        ax.legend([("train", TAB_BLUE, True), ("val", TAB_ORANGE, False)], [(epochs, train), (epochs, val)])
+    rate, distortion = np.asarray(curves.val_kl, dtype=float), np.asarray(curves.val_recon, dtype=float)
+    ax = Axes(canvas, boxes[2], padded_range(rate, 0.12), padded_range(distortion, 0.08),
+              title="validation rate-distortion path", xlabel="val_kl (rate, nats)",
+              ylabel="val_recon (distortion, nats)")
+    ax.line(rate, distortion, GREY, width=1)
+    span = max(len(epochs) - 1, 1)
+    ax.scatter(rate, distortion, [viridis(i / span) for i in range(len(epochs))])
+    if len(epochs):
+        ax.label(rate[0], distortion[0], f"epoch {int(epochs[0])}", right=rate[0] < rate.mean())
+        ax.label(rate[-1], distortion[-1], f"epoch {int(epochs[-1])}", right=rate[-1] < rate.mean())
+    return canvas.image
+
+
+def draw_kl_per_dim(data: KLPerDim) -> "Image":
     """Bar chart of the KL of each latent dimension (nats per example), total in the title."""
-    import matplotlib
-    from matplotlib.figure import Figure
+    from .raster_plot import TAB_BLUE, Axes, Canvas, nice_ticks, padded_range
 
     kl = np.asarray(data.kl, dtype=float)
-    with matplotlib.rc_context(PLOT_STYLE):
-        fig = Figure(figsize=(max(3.2, 0.13 * len(kl) + 1.0), 2.2), dpi=DPI)
-        fig.subplots_adjust(left=0.15, right=0.97, bottom=0.2, top=0.88)
-        ax = fig.add_subplot()
-        ax.bar(np.arange(len(kl)), kl, color="tab:blue")
-        ax.set(title=f"KL per latent dimension (total {kl.sum():.2f} nats)", xlabel="latent dimension",
-               ylabel="nats / example")
-    return fig
-
-
-def warm_up() -> None:
-    """Import matplotlib and draw one small figure with text (fonts loaded), so the next draw is fast."""
-    import io
-
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(1, 1), dpi=DPI)
-    fig.text(0.5, 0.5, "0.1 nats", fontsize=9)
-    fig.savefig(io.BytesIO(), format="png")
+    n = len(kl)
+    width, height = max(380, 14 * n + 100), 240
+    canvas = Canvas(width, height)
+    ticks = [t for t in nice_ticks(0.0, max(n - 1, 1)) if t == int(t)]
+    ax = Axes(canvas, (74, 26, width - 14, height - 46), (-0.7, n - 0.3), padded_range(kl, 0.06, floor=0.0),
+              title=f"KL per latent dimension (total {kl.sum():.2f} nats)", xlabel="latent dimension",
+              ylabel="nats / example", xticks=ticks)
+    ax.bars(np.arange(n), kl, TAB_BLUE)
+    return canvas.image
 
 
 # --------------------------------------------------------------------------------------------------
 # Logging
 
 
+def warm_up() -> None:
+    """Import the drawing code, load its fonts and the PNG encoder, so that the first figure is as
+    fast as the rest."""
+    import io
+
+    from .raster_plot import Canvas, font
+
+    for size in {TITLE_PX, LABEL_PX, 10, 11, 12}:
+        font(size)
+    Canvas(8, 8).save_png(io.BytesIO())
+
+
 def log_figures(tracker: Any, figure_data: Mapping[str, FigureData]) -> None:
     """Draw each figure of ``figure_data`` (keyed like :data:`FIGURE_FILES`) and log it through ``tracker``."""
     for name, data in figure_data.items():
-        fig = draw(data)
-        tracker.log_figure(fig, FIGURE_FILES[name])
-        fig.clear()
+        tracker.log_image(draw(data), FIGURE_FILES[name])
 
 
-def fit_figures(result: Any, split: Any = None) -> dict[str, "Figure"]:
+def fit_figures(result: Any, split: Any = None) -> dict[str, "Image"]:
     """All figures of a :class:`bench.fit.FitResult`, keyed like :data:`FIGURE_FILES` (val split)."""
     from .figure_data import fit_figure_data
 

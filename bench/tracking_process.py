@@ -30,6 +30,7 @@ training process vanishes, the child sees end-of-file and ends the run KILLED.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -45,9 +46,12 @@ from .cli_errors import CLIError
 from .redaction import redact_url
 
 _HEADER = struct.Struct("!I")  # payload length in bytes
-#: Niceness added to the tracking process: on a machine with few cores, training keeps its CPU
-#: and the tracking work (imports, SQLite writes, drawing) fills in around it.
-NICENESS = 5
+#: Niceness of the tracking process (the lowest priority). Training on CPU keeps every core busy
+#: (OpenMP workers spin between kernels) and stalls whenever one of its threads is preempted: a
+#: tracking process at niceness 5 slowed a digits run by ~3x its own CPU time. At 19 it runs in the
+#: gaps, and what is left (a few epochs' writes, the figures) runs after training, when the
+#: training process waits for it.
+NICENESS = 19
 #: Longest error detail passed on, in characters (one line).
 MAX_DETAIL = 300
 
@@ -125,8 +129,13 @@ class TrackingProcess:
     # -- messages ----------------------------------------------------------------------------------
     def start_run(self, tracking_uri: str, experiment: str, run_name: str, *, tags: Mapping[str, Any],
                   params: Mapping[str, Any]) -> None:
-        """Open ``experiment`` on ``tracking_uri`` and create the run (in the child)."""
-        self._send(("start", tracking_uri, experiment, run_name, dict(tags), dict(params)))
+        """Open ``experiment`` on ``tracking_uri`` and create the run (in the child).
+
+        Tags and params are sent as strings (MLflow stores them so anyway): a value of a torch type
+        (``torch.__version__`` is one) would make the child import torch (~1 s) to unpickle it.
+        """
+        self._send(("start", tracking_uri, experiment, run_name, {str(k): str(v) for k, v in tags.items()},
+                    {str(k): str(v) for k, v in params.items()}))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         self._send(("metrics", {str(k): float(v) for k, v in metrics.items()}, int(step)))
@@ -279,7 +288,11 @@ class _Child:
             self.tracker.log_params(params)
             from .figures import warm_up
 
-            warm_up()  # matplotlib's import and fonts, while training runs: drawing at the end is then fast
+            warm_up()  # fonts and the PNG encoder, while training runs: drawing at the end is then fast
+            self._warm_store()
+            # Everything allocated so far (mlflow's modules: ~1e6 objects) lives as long as the process;
+            # without this, the first full collection stalls one write for ~0.1 s.
+            gc.freeze()
             return self._serve_run()
         except Exception as exc:  # noqa: BLE001 - reported to the training process, which reports it
             self.reply("error", "run", one_line(exc))
@@ -288,6 +301,14 @@ class _Child:
             except Exception:  # noqa: BLE001 - the store is likely what failed
                 pass
             return 1
+
+    def _warm_store(self) -> None:
+        """Read the run once: the store compiles its queries now rather than at the first artifact
+        (~10 ms at the end, where it counts). A read may fail (a spooled run): then nothing is warmed."""
+        try:
+            self.tracker.client.get_run(self.tracker.run_id)
+        except Exception:  # noqa: BLE001 - only a warm-up
+            pass
 
     def _serve_run(self) -> int:
         from .figures import log_figures
