@@ -31,13 +31,16 @@ training process vanishes, the child sees end-of-file and ends the run KILLED.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import pickle
+import select
 import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, BinaryIO, Mapping
@@ -52,6 +55,8 @@ _HEADER = struct.Struct("!I")  # payload length in bytes
 #: gaps, and what is left (a few epochs' writes, the figures) runs after training, when the
 #: training process waits for it.
 NICENESS = 19
+#: While training runs, the tracking process writes at most one burst per this many seconds.
+LIVE_INTERVAL_S = 2.0
 #: Longest error detail passed on, in characters (one line).
 MAX_DETAIL = 300
 
@@ -169,15 +174,14 @@ class TrackingProcess:
         """
         self.end()
         self._closed.wait()
-        returncode = self.proc.wait()
         self.raise_if_store_unusable()
         if self.error:
             raise TrackingError(f"MLflow run {self.run_id} is incomplete: {self.error[1]}")
         if not self.done:
             run = f"MLflow run {self.run_id}" if self.run_id else "the MLflow run"
-            raise TrackingError(f"the tracking process exited with status {returncode} before it had written "
-                                f"everything: {run} is incomplete or missing")
-        return self.run_id
+            raise TrackingError(f"the tracking process exited with status {self.proc.wait()} before it had "
+                                f"written everything: {run} is incomplete or missing")
+        return self.run_id  # not waiting for the child's exit (~8 ms): _read_loop reaps it
 
     def abandon(self) -> None:
         """Stop the child before any run exists (e.g. bad options): nothing is written."""
@@ -185,8 +189,8 @@ class TrackingProcess:
         self._outbox.put(None)
         if self.proc.poll() is None:
             self.proc.terminate()
-        self.proc.wait()
         self._closed.wait()
+        self.proc.wait()
 
     def __enter__(self) -> "TrackingProcess":
         return self
@@ -237,16 +241,54 @@ class TrackingProcess:
         finally:
             self._replies.close()
             self._closed.set()
+            self.proc.wait()
 
 
 # --------------------------------------------------------------------------------------------------
 # The tracking process's side
 
 
-class _Child:
-    """Reads messages from the training process and writes them through one RunTracker."""
+class _Inbox:
+    """Messages from the training process (stdin), read with an optional timeout."""
 
-    def __init__(self, inbox: BinaryIO, outbox: BinaryIO) -> None:
+    TIMEOUT = ("timeout",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+        self.eof = False
+
+    def get(self, timeout: float | None = None) -> tuple | None:
+        """The next message; None at end-of-file; :attr:`TIMEOUT` if none came within ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if len(self.buffer) >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(self.buffer)
+                if len(self.buffer) >= _HEADER.size + size:
+                    payload = bytes(self.buffer[_HEADER.size:_HEADER.size + size])
+                    del self.buffer[:_HEADER.size + size]
+                    return pickle.loads(payload)
+            if self.eof:
+                return None
+            if deadline is not None:
+                ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    return self.TIMEOUT
+            chunk = os.read(self.fd, 1 << 16)
+            self.eof = not chunk
+            self.buffer += chunk
+
+
+class _Child:
+    """Reads messages from the training process and writes them through one RunTracker.
+
+    While training runs, writes are held and sent in bursts at most every :data:`LIVE_INTERVAL_S`
+    seconds: a CPU-bound training process loses more time to a concurrent SQLite write than the
+    write takes. Epochs slower than that are written as they arrive; everything still held is
+    written when the training process ends the run.
+    """
+
+    def __init__(self, inbox: _Inbox, outbox: BinaryIO) -> None:
         self.inbox, self.outbox = inbox, outbox
         self.tracker: Any = None
         self.tracking_uri = ""
@@ -265,7 +307,7 @@ class _Child:
             missing: ImportError | None = exc
         else:
             missing = None
-        start = _read_message(self.inbox)
+        start = self.inbox.get()
         if start is None or start[0] != "start":
             return 0  # abandoned before the run existed: write nothing
         _, tracking_uri, experiment, run_name, tags, params = start
@@ -311,10 +353,33 @@ class _Child:
             pass
 
     def _serve_run(self) -> int:
+        held: list[tuple] = []
+        held_since, last_burst = time.monotonic(), -math.inf  # the first epoch is written as it comes
+        while True:
+            wait = None if not held else max(0.0, held_since + LIVE_INTERVAL_S - time.monotonic())
+            message = self.inbox.get(wait)
+            if message is None:  # the training process is gone without ending the run
+                self._write(held)
+                self.tracker.end("KILLED", "the training process exited before ending the run")
+                self._settle()
+                return 1
+            if message is not _Inbox.TIMEOUT:
+                if not held:
+                    held_since = time.monotonic()
+                held.append(message)
+                if message[0] == "end":
+                    return self._write(held)
+                if time.monotonic() - last_burst < LIVE_INTERVAL_S:
+                    continue
+            self._write(held)
+            last_burst = time.monotonic()
+
+    def _write(self, messages: list[tuple]) -> int:
+        """Write ``messages`` in order (and empty the list); after an "end", reply "done"."""
         from .figures import log_figures
 
         tracker = self.tracker
-        while (message := _read_message(self.inbox)) is not None:
+        for message in messages:
             kind = message[0]
             if kind == "metrics":
                 tracker.log_metrics(message[1], step=message[2])
@@ -322,14 +387,11 @@ class _Child:
                 log_figures(tracker, message[1])
             elif kind == "end":
                 tracker.end(message[1], message[2])
-                note = self._settle()
-                self.reply("done", tracker.run_id, note)
-                return 0
+                self.reply("done", tracker.run_id, self._settle())
             else:
                 raise ValueError(f"unknown message {kind!r}")
-        tracker.end("KILLED", "the training process exited before ending the run")
-        self._settle()
-        return 1
+        messages.clear()
+        return 0
 
     def _settle(self) -> str | None:
         """Send what the spool holds; a note for the user if the server is still unreachable."""
@@ -352,7 +414,7 @@ def main(argv: list[str]) -> int:
         os.nice(niceness)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     with os.fdopen(reply_fd, "wb") as outbox:
-        code = _Child(sys.stdin.buffer, outbox).serve()
+        code = _Child(_Inbox(sys.stdin.fileno()), outbox).serve()
         outbox.flush()
     sys.stdout.flush()
     sys.stderr.flush()
