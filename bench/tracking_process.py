@@ -31,7 +31,6 @@ training process vanishes, the child sees end-of-file and ends the run KILLED.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import pickle
 import select
@@ -279,6 +278,18 @@ class _Inbox:
             self.buffer += chunk
 
 
+def _merge_steps(messages: list[tuple]) -> list[tuple]:
+    """``messages`` with each run of "metrics" messages of one step merged into one."""
+    merged: list[tuple] = []
+    for message in messages:
+        last = merged[-1] if merged else None
+        if last and message[0] == last[0] == "metrics" and message[2] == last[2]:
+            merged[-1] = ("metrics", {**last[1], **message[1]}, message[2])
+        else:
+            merged.append(message)
+    return merged
+
+
 class _Child:
     """Reads messages from the training process and writes them through one RunTracker.
 
@@ -354,7 +365,7 @@ class _Child:
 
     def _serve_run(self) -> int:
         held: list[tuple] = []
-        held_since, last_burst = time.monotonic(), -math.inf  # the first epoch is written as it comes
+        held_since = last_burst = time.monotonic()
         while True:
             wait = None if not held else max(0.0, held_since + LIVE_INTERVAL_S - time.monotonic())
             message = self.inbox.get(wait)
@@ -375,11 +386,14 @@ class _Child:
             last_burst = time.monotonic()
 
     def _write(self, messages: list[tuple]) -> int:
-        """Write ``messages`` in order (and empty the list); after an "end", reply "done"."""
+        """Write ``messages`` in order (and empty the list); after an "end", reply "done".
+
+        Metrics of one step that follow each other (the last epoch's and the final test metrics)
+        go in one request."""
         from .figures import log_figures
 
         tracker = self.tracker
-        for message in messages:
+        for message in _merge_steps(messages):
             kind = message[0]
             if kind == "metrics":
                 tracker.log_metrics(message[1], step=message[2])

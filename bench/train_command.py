@@ -12,7 +12,7 @@ from models.config import BACKBONES, BETA_SCHEDULES, FLOW_KINDS, LIKELIHOODS, VA
 
 from .datasets import load_dataset
 from .figure_data import fit_figure_data
-from .fit import final_metrics, fit
+from .fit import fit
 from .presets import check_variant, model_config
 from .tracking_process import TrackingProcess
 from .train_config import TrainConfig
@@ -170,13 +170,12 @@ def run_train(args: argparse.Namespace) -> int:
         raise
     with tracking or contextlib.nullcontext():
         result = fit(model_cfg, train_cfg, data, callbacks=[EpochTable(), *filter(None, [tracking])],
-                     progress=not args.no_progress, final_eval=False)
-        if tracking:  # drawn and logged by the tracking process while the test metrics are computed
-            tracking.log_figures(fit_figure_data(result))
-        result.final = final_metrics(result.model, result.data, train_cfg)
+                     progress=not args.no_progress)
         if tracking:
             step = int(result.history[-1]["epoch"]) if result.history else 0
             tracking.log_metrics({**result.final, "train_seconds": result.train_seconds}, step=step)
+            # Computed while the tracking process writes the epochs it held back during training.
+            tracking.log_figures(fit_figure_data(result))
     print("final metrics (nats per example unless named):")
     for key, value in result.final.items():
         print(f"  {key:<22} {value:.4f}")
