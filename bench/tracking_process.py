@@ -1,10 +1,18 @@
 """The tracking process of ``cvae-bench train``: a child process that owns the run's MLflow writes.
 
-Tracking in the training process used to add ~60 % to a digits run: importing MLflow (~1 s),
-opening the store (~0.5 s), a ~9 ms write per epoch and drawing five figures (~0.6 s). Here all of
-it happens in a child process, overlapped with loading data and training. The training process only
-pickles small messages onto a pipe (a few microseconds; a thread does the writing, so a slow store
-never blocks training) and imports neither mlflow nor matplotlib.
+Tracking inside the training process added ~60 % to a digits run: importing MLflow (~1 s), opening
+the store (~0.5 s), a write per epoch and five matplotlib figures. Here the child imports MLflow and
+opens the store while the training process loads data, and does every write; the training process
+pickles small messages onto a pipe (microseconds; a thread does the writing, so a slow store never
+blocks training) and imports neither mlflow nor matplotlib.
+
+Timing, on a machine with few cores: CPU training keeps every core busy (its OpenMP workers spin
+between kernels) and loses more time to a concurrent write than the write takes (~1.5x at niceness
+19, ~3x at 5). So the child runs at the lowest priority (:data:`NICENESS`) and holds its writes
+while training runs, sending at most one burst per :data:`LIVE_INTERVAL_S` (epochs slower than that
+are written as they arrive); what is held is written once the training process ends the run and
+waits. For a 20-epoch digits run that tail is ~0.15 s: 20 SQLite requests of ~5 ms (the spool's
+``log_batch`` takes one step per request), five figures (~25 ms), the end of the run.
 
 Messages, training process -> tracking process (stdin, length-prefixed pickles)::
 
@@ -21,11 +29,12 @@ and back (a pipe of its own)::
     ("done", run_id, note)           everything is written (note: None, or how many writes wait in
                                      the local spool because the server is down); the process exits
 
-The tracking process writes through :class:`bench.tracking.RunTracker` (so through its write seam,
-``RunTracker._write``), exactly as an in-process tracker would. The URI travels in the first message,
-not on the command line, where ``ps`` would show its password. The child ignores SIGINT (Ctrl-C
-reaches the whole process group): the training process decides how the run ends (KILLED). If the
-training process vanishes, the child sees end-of-file and ends the run KILLED.
+The child writes through :class:`bench.tracking.RunTracker` (so through its write seam,
+``RunTracker._write``, and the spool behind it), exactly as an in-process tracker would. The URI
+travels in the first message, not on the command line, where ``ps`` would show its password. The
+child ignores SIGINT (Ctrl-C reaches the whole process group): the training process decides how the
+run ends (KILLED). If the training process vanishes, the child sees end-of-file, writes what it
+holds and ends the run KILLED.
 """
 
 from __future__ import annotations
@@ -48,11 +57,8 @@ from .cli_errors import CLIError
 from .redaction import redact_url
 
 _HEADER = struct.Struct("!I")  # payload length in bytes
-#: Niceness of the tracking process (the lowest priority). Training on CPU keeps every core busy
-#: (OpenMP workers spin between kernels) and stalls whenever one of its threads is preempted: a
-#: tracking process at niceness 5 slowed a digits run by ~3x its own CPU time. At 19 it runs in the
-#: gaps, and what is left (a few epochs' writes, the figures) runs after training, when the
-#: training process waits for it.
+#: Niceness of the tracking process: the lowest priority, so that its start-up (imports, opening
+#: the store) never slows training; at niceness 0 it slowed the data loading of a digits run by ~80 ms.
 NICENESS = 19
 #: While training runs, the tracking process writes at most one burst per this many seconds.
 LIVE_INTERVAL_S = 2.0

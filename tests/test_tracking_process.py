@@ -4,6 +4,7 @@ a bad tracking URI is one line and exit 2; the training process never imports ml
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -15,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import figures, train_command
+from bench import figures, tracking_process, train_command
 from bench.metrics import EPOCH_METRICS, FINAL_METRICS
 from bench.tracking import make_client
-from bench.tracking_process import TrackingError, TrackingProcess
+from bench.tracking_process import TrackingProcess, _frame, _Inbox, _merge_steps
 from studies.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ QUICK = ["train", "--epochs", "3", "--limit", "300", "--iw-samples", "5", "--no-
 DIGITS_FINAL = [m for m in FINAL_METRICS if m != "test_bits_per_dim"]
 ERROR_PREFIX = "cvae-bench train: error:"
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # spawns processes, trains
 
 
 @pytest.fixture
@@ -47,8 +48,89 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
 
 
+# -- the protocol --------------------------------------------------------------------------------
+
+def test_inbox_reassembles_messages_and_times_out():
+    read, write = os.pipe()
+    inbox = _Inbox(read)
+    try:
+        frames = _frame(("metrics", {"a": 1.0}, 1)) + _frame(("figures", {"kl": np.arange(3.0)}))
+        os.write(write, frames[:7])  # a message split across reads
+        assert inbox.get(timeout=0.01) is _Inbox.TIMEOUT
+        os.write(write, frames[7:])
+        assert inbox.get() == ("metrics", {"a": 1.0}, 1)
+        kind, payload = inbox.get(timeout=0.01)
+        assert kind == "figures" and payload["kl"].tolist() == [0.0, 1.0, 2.0]
+        os.close(write)
+        write = -1
+        assert inbox.get() is None  # end of file
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
+def test_metrics_of_one_step_are_merged_in_order():
+    held = [("metrics", {"a": 1.0}, 1), ("metrics", {"a": 2.0}, 2), ("metrics", {"test": 3.0}, 2),
+            ("figures", {}), ("metrics", {"b": 4.0}, 2), ("end", "FINISHED", None)]
+    assert _merge_steps(held) == [("metrics", {"a": 1.0}, 1), ("metrics", {"a": 2.0, "test": 3.0}, 2),
+                                  ("figures", {}), ("metrics", {"b": 4.0}, 2), ("end", "FINISHED", None)]
+
+
+class FakeClient:
+    def flush(self):
+        return True
+
+    def close(self):
+        pass
+
+
+class FakeTracker:
+    def __init__(self):
+        self.client, self.run_id, self.calls = FakeClient(), "r1", []
+
+    def log_metrics(self, metrics, step):
+        self.calls.append(("metrics", step, sorted(metrics)))
+
+    def end(self, status, reason=None):
+        self.calls.append(("end", status))
+
+
+class ScriptedInbox:
+    """Hands out ``messages``; notes how many writes the tracker had done when each was taken."""
+
+    def __init__(self, messages, tracker):
+        self.messages, self.tracker, self.writes_before = list(messages), tracker, []
+
+    def get(self, timeout=None):
+        self.writes_before.append(len(self.tracker.calls))
+        return self.messages.pop(0) if self.messages else None
+
+
+EPOCHS = [("metrics", {"val_kl": 1.0}, 1), ("metrics", {"val_kl": 2.0}, 2), ("metrics", {"val_kl": 3.0}, 3),
+          ("metrics", {"test_iw_nll": 9.0}, 3), ("end", "FINISHED", None)]
+
+
+@pytest.mark.parametrize("interval, written_before_end", [(0.0, 4), (1e9, 0)])
+def test_writes_are_held_while_training_runs_unless_the_interval_passed(monkeypatch, interval, written_before_end):
+    monkeypatch.setattr(tracking_process, "LIVE_INTERVAL_S", interval)
+    tracker = FakeTracker()
+    child = tracking_process._Child(ScriptedInbox(EPOCHS, tracker), io.BytesIO())
+    child.tracker = tracker
+    inbox = child.inbox
+    assert child._serve_run() == 0
+    assert inbox.writes_before[-1] == written_before_end  # writes done when "end" was taken
+    assert tracker.calls[:2] == [("metrics", 1, ["val_kl"]), ("metrics", 2, ["val_kl"])]
+    assert tracker.calls[-1] == ("end", "FINISHED")
+    if interval == 0.0:  # epoch 3 went out alone; the finals of step 3 came later
+        assert tracker.calls[2:4] == [("metrics", 3, ["val_kl"]), ("metrics", 3, ["test_iw_nll"])]
+    else:  # held together: the last epoch and the finals in one request
+        assert tracker.calls[2] == ("metrics", 3, ["test_iw_nll", "val_kl"])
+
+
 # -- the process on its own ----------------------------------------------------------------------
 
+@slow
 def test_tracking_process_logs_a_whole_run(store):
     grid = figures.ImageGrid(np.zeros((19, 19), np.float32), "t", cell_px=8, row_labels=("a", "b"))
     payload = {"reconstructions": grid, "kl_per_dim": figures.KLPerDim(np.array([0.5, 0.1]))}
@@ -70,6 +152,7 @@ def test_tracking_process_logs_a_whole_run(store):
         figures.FIGURE_FILES["reconstructions"], figures.FIGURE_FILES["kl_per_dim"]}
 
 
+@slow
 def test_training_process_gone_ends_the_run_killed(store):
     tracking = TrackingProcess()
     tracking.start_run(store, "t", "r", tags={}, params={"a": 1})
@@ -83,6 +166,7 @@ def test_training_process_gone_ends_the_run_killed(store):
     assert run.data.metrics["x"] == 1.0
 
 
+@slow
 def test_abandoned_before_the_run_writes_nothing(store, tmp_path):
     tracking = TrackingProcess()
     tracking.abandon()
@@ -91,6 +175,7 @@ def test_abandoned_before_the_run_writes_nothing(store, tmp_path):
 
 # -- the train command ---------------------------------------------------------------------------
 
+@slow
 def test_train_logs_everything_it_prints(store, tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main([*QUICK, "--tracking-uri", store, "--experiment", "t", "--metrics-json", str(out)]) == 0
@@ -115,6 +200,7 @@ def test_train_logs_everything_it_prints(store, tmp_path, capsys):
     assert json.loads(untracked.read_text()) == finals
 
 
+@slow
 def test_interrupt_ends_the_run_killed(store, monkeypatch):
     def interrupt(self, epoch, metrics):
         if epoch == 2:
@@ -127,6 +213,7 @@ def test_interrupt_ends_the_run_killed(store, monkeypatch):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_kl")] == [1]
 
 
+@slow
 def test_dead_tracking_process_keeps_the_results_and_fails_in_one_line(store, tmp_path, monkeypatch, capsys):
     started: list[TrackingProcess] = []
 
@@ -150,6 +237,7 @@ def test_dead_tracking_process_keeps_the_results_and_fails_in_one_line(store, tm
     assert line.startswith(ERROR_PREFIX) and "tracking process exited with status -9" in line
 
 
+@slow
 def test_store_failing_mid_run_keeps_the_results_and_fails_in_one_line(store, tmp_path, monkeypatch, capsys):
     db = tmp_path / "mlflow.db"
 
@@ -178,6 +266,7 @@ def test_store_failing_mid_run_keeps_the_results_and_fails_in_one_line(store, tm
     assert line.startswith(ERROR_PREFIX) and f"MLflow run {started[0].run_id} is incomplete" in line
 
 
+@slow
 def test_bad_tracking_uri_is_one_line_exit_2_without_password(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "studies.cli", *QUICK, "--tracking-uri", "bogus://u:s3cret@x/y"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
@@ -189,12 +278,14 @@ def test_bad_tracking_uri_is_one_line_exit_2_without_password(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@slow
 def test_bad_options_create_no_store(store, tmp_path, capsys):
     assert main([*QUICK, "--tracking-uri", store, "--lr", "0"]) == 2
     assert len(error_lines(capsys.readouterr().err)) == 1
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@slow
 def test_training_process_imports_neither_mlflow_nor_matplotlib(store, tmp_path):
     code = ("import sys; from studies.cli import main; "
             f"assert main({[*QUICK, '--tracking-uri', store]!r}) == 0; "
@@ -206,6 +297,7 @@ def test_training_process_imports_neither_mlflow_nor_matplotlib(store, tmp_path)
     assert only_run(store, "cvae-bench-train")[1].info.status == "FINISHED"
 
 
+@slow
 def test_killed_train_process_leaves_the_run_killed(store, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "studies.cli", "train", "--epochs", "500", "--limit", "300",
                              "--no-progress", "--tracking-uri", store, "--experiment", "t"],
