@@ -324,3 +324,49 @@ def test_killed_train_process_leaves_the_run_killed(store, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@slow
+def test_server_down_at_the_end_spools_the_run_and_says_so(tmp_path, monkeypatch, capsys):
+    """The tracking process inherits RunTracker's spool: writes held until the end, when the server is
+    gone, are spooled; train says so, exits 0, and `cvae-bench sync` completes the run later."""
+    from local_services import MlflowServer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CVAE_BENCH_SPOOL", str(tmp_path / "spool"))
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "server.log")
+    server.start()
+    try:
+        started: list[TrackingProcess] = []
+
+        class Recorded(TrackingProcess):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                started.append(self)
+
+        def stop_server(self, epoch, metrics):
+            if epoch == 2:  # once the run exists: a server down at the start is a bad store (exit 2)
+                deadline = time.monotonic() + 60
+                while not started[0].run_id and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                server.stop()
+
+        monkeypatch.setattr(train_command, "TrackingProcess", Recorded)
+        monkeypatch.setattr(train_command.EpochTable, "__call__", stop_server)
+        assert main([*QUICK, "--tracking-uri", server.uri, "--experiment", "t"]) == 0
+        captured = capsys.readouterr()
+        assert "tracked as MLflow run" in captured.out
+        (note,) = error_lines(captured.err)
+        assert note.startswith("note: the MLflow server was unreachable") and "cvae-bench sync" in note
+        server.start()
+        assert main(["sync", "--tracking-uri", server.uri]) == 0
+        client, run = only_run(server.uri)
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_kl")] == [1, 2, 3]
+        assert "test_iw_nll" in run.data.metrics
+        # Replayed artifacts keep the spool's copy name, "<8 hex>-<name>" (bench/tracking_spool.py).
+        names = [a.path for a in client.list_artifacts(run.info.run_id, "figures")]
+        assert len(names) == len(figures.FIGURE_FILES)
+        assert all(any(n.endswith(Path(f).name) for n in names) for f in figures.FIGURE_FILES.values())
+    finally:
+        server.stop()
