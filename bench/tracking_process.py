@@ -173,7 +173,7 @@ class TrackingProcess:
 
     # -- the end ---------------------------------------------------------------------------------
     def finish(self) -> str | None:
-        """Wait until the child has written everything and exited; the run's id.
+        """Wait until the child has written everything (it reports "done"); the run's id.
 
         Raises :class:`TrackingStoreError` or :class:`TrackingError` (one line) if tracking failed.
         """
