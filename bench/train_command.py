@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -10,8 +11,10 @@ from pathlib import Path
 from models.config import BACKBONES, BETA_SCHEDULES, FLOW_KINDS, LIKELIHOODS, VARIANTS
 
 from .datasets import load_dataset
+from .figure_data import fit_figure_data
 from .fit import fit
 from .presets import check_variant, model_config
+from .tracking_process import TrackingProcess
 from .train_config import TrainConfig
 
 
@@ -108,17 +111,15 @@ def data_options(args: argparse.Namespace, data) -> dict:
             "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
 
 
-def start_tracker(args: argparse.Namespace, model_cfg, train_cfg, data, run_name: str, **tags):
-    """A RunTracker for one training run (params and tags logged), or a NullTracker with --no-track."""
-    from .tracking import NullTracker, RunTracker, config_params, open_experiment, resolve_tracking_uri, run_tags
+def start_tracking(tracking: TrackingProcess, args: argparse.Namespace, model_cfg, train_cfg, data, run_name: str,
+                   **tags) -> None:
+    """Have ``tracking`` create the run: its tags (:func:`bench.tracking.run_tags`) and the resolved
+    configuration as params (:func:`bench.tracking.config_params`)."""
+    from .tracking import config_params, resolve_tracking_uri, run_tags
 
-    if args.no_track:
-        return NullTracker()
-    client, experiment_id = open_experiment(resolve_tracking_uri(args.tracking_uri), args.experiment)
-    tracker = RunTracker.start(client, experiment_id, run_name,
-                               tags=run_tags(model_cfg, data, train_cfg.resolve_device(), **tags))
-    tracker.log_params(config_params(model_cfg, train_cfg, data_options(args, data)))
-    return tracker
+    tracking.start_run(resolve_tracking_uri(args.tracking_uri), args.experiment, run_name,
+                       tags=run_tags(model_cfg, data, train_cfg.resolve_device(), **tags),
+                       params=config_params(model_cfg, train_cfg, data_options(args, data)))
 
 
 def format_row(values: list, widths: list[int]) -> str:
@@ -143,26 +144,50 @@ class EpochTable:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .tracking import log_fit_result, resolve_tracking_uri, ui_hint
+    """Train, print the table and final metrics; with tracking, log the run from a tracking process.
+
+    The tracking process (:mod:`bench.tracking_process`) starts first, so that importing MLflow and
+    opening the store overlap loading the data and training. A store that cannot be opened stops the
+    command at the next epoch with a one-line error (exit 2); a tracking failure after the run exists
+    lets training finish, print and write its results, then fails the same way.
+    """
+    from .tracking import resolve_tracking_uri, ui_hint
 
     check_variant(args.variant)
-    data = load_data_from_args(args)
-    model_cfg, train_cfg = configs_from_args(args, data)
-    print(f"cvae-bench train: {model_cfg.variant} on {data.name} ({len(data.train)}/{len(data.val)}/{len(data.test)} "
-          f"train/val/test, likelihood {model_cfg.likelihood}, device {train_cfg.resolve_device()})")
-    tracker = start_tracker(args, model_cfg, train_cfg, data, f"{model_cfg.variant}-{data.name}", command="train")
-    with tracker:
-        result = fit(model_cfg, train_cfg, data, callbacks=[EpochTable(), tracker], progress=not args.no_progress)
-        log_fit_result(tracker, result)
+    tracking = None if args.no_track else TrackingProcess()
+    try:
+        data = load_data_from_args(args)
+        model_cfg, train_cfg = configs_from_args(args, data)
+        print(f"cvae-bench train: {model_cfg.variant} on {data.name} ({len(data.train)}/{len(data.val)}/"
+              f"{len(data.test)} train/val/test, likelihood {model_cfg.likelihood}, "
+              f"device {train_cfg.resolve_device()})")
+        if tracking:
+            start_tracking(tracking, args, model_cfg, train_cfg, data, f"{model_cfg.variant}-{data.name}",
+                           command="train")
+    except BaseException:
+        if tracking:
+            tracking.abandon()
+        raise
+    with tracking or contextlib.nullcontext():
+        result = fit(model_cfg, train_cfg, data, callbacks=[EpochTable(), *filter(None, [tracking])],
+                     progress=not args.no_progress)
+        if tracking:
+            step = int(result.history[-1]["epoch"]) if result.history else 0
+            tracking.log_metrics({**result.final, "train_seconds": result.train_seconds}, step=step)
+            # Computed while the tracking process writes the epochs it held back during training.
+            tracking.log_figures(fit_figure_data(result))
     print("final metrics (nats per example unless named):")
     for key, value in result.final.items():
         print(f"  {key:<22} {value:.4f}")
     if args.metrics_json:
         Path(args.metrics_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics_json).write_text(json.dumps(result.final, indent=2) + "\n")
-    if tracker.run_id:
-        print(f"tracked as MLflow run {tracker.run_id} in experiment {args.experiment!r} "
+    if tracking:
+        run_id = tracking.finish()
+        print(f"tracked as MLflow run {run_id} in experiment {args.experiment!r} "
               f"({ui_hint(resolve_tracking_uri(args.tracking_uri))})")
+        if tracking.note:
+            print(f"note: {tracking.note}", file=sys.stderr)
     return 0
 
 

@@ -7,8 +7,10 @@ import os
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from PIL.Image import Image as PILImage
 
 from bench import figures
+from bench.raster_plot import TAB_BLUE, TAB_ORANGE, nice_ticks, tick_label, viridis
 from bench.tracking import (DEFAULT_TRACKING_URI, MAX_PARAMS_PER_BATCH, NullTracker, RunTracker, config_params,
                             make_client, redact, resolve_tracking_uri, ui_hint)
 
@@ -131,7 +133,7 @@ def test_config_params_are_flat_and_collisions_are_refused(digits):
 
 
 def test_null_tracker_has_the_interface():
-    for name in ("log_params", "log_metrics", "set_tags", "log_figure", "log_text", "end", "__call__",
+    for name in ("log_params", "log_metrics", "set_tags", "log_figure", "log_text", "log_image", "end", "__call__",
                  "__enter__", "__exit__"):
         assert callable(getattr(NullTracker(), name)), name
         assert callable(getattr(RunTracker, name)), name
@@ -140,29 +142,64 @@ def test_null_tracker_has_the_interface():
 # -- figures -------------------------------------------------------------------------------------
 
 def test_figures_show_what_they_say(digits):
+    from bench.figure_data import fit_figure_data
     from bench.fit import fit
     from bench.presets import model_config
     from bench.train_config import TrainConfig
 
     result = fit(model_config("cvae", digits, latent_dim=6), TrainConfig(epochs=2), digits, progress=False,
                  final_eval=False)
-    figs = figures.fit_figures(result)
-    assert set(figs) == set(figures.FIGURE_FILES)
-    assert all(isinstance(f, Figure) for f in figs.values())
+    data = fit_figure_data(result)
+    assert set(data) == set(figures.FIGURE_FILES)
     cell = 8 + 1  # 8x8 digits, 1 px padding
-    grid = figs["class_samples"].axes[0].images[0].get_array()
-    assert grid.shape == (10 * cell + 1, 10 * cell + 1)  # one row per class, 10 samples each
-    recon = figs["reconstructions"].axes[0].images[0].get_array()
-    assert recon.shape == (2 * cell + 1, 10 * cell + 1)
-    np.testing.assert_allclose(recon[1:9, 1:9], digits.val.x[0, 0].numpy())  # top-left: the first original
-    traversal = figs["latent_traversal"].axes[0].images[0].get_array()
-    assert traversal.shape == (6 * cell + 1, 9 * cell + 1)  # all 6 latent dims, 9 steps
-    bars = figs["kl_per_dim"].axes[0].patches
-    assert len(bars) == 6
+    samples = data["class_samples"]
+    assert samples.pixels.shape == (10 * cell + 1, 10 * cell + 1)  # one row per class, 10 samples each
+    assert samples.row_labels == tuple(digits.class_names)
+    recon = data["reconstructions"]
+    assert recon.pixels.shape == (2 * cell + 1, 10 * cell + 1) and recon.row_labels == ("data", "recon")
+    np.testing.assert_allclose(recon.pixels[1:9, 1:9], digits.val.x[0, 0].numpy())  # top-left: the first original
+    traversal = data["latent_traversal"]
+    assert traversal.pixels.shape == (6 * cell + 1, 9 * cell + 1)  # all 6 latent dims, 9 steps
+    assert len(traversal.row_labels) == 6 and all(label.startswith("z") for label in traversal.row_labels)
     kl = result.model.kl_per_dim(digits.val.x, digits.val.y)
-    np.testing.assert_allclose([b.get_height() for b in bars], kl.numpy(), rtol=1e-5)
-    curves = figs["recon_vs_kl"].axes
-    assert [len(line.get_xdata()) for line in curves[0].lines] == [2, 2]  # train and val, 2 epochs
+    np.testing.assert_allclose(data["kl_per_dim"].kl, kl.numpy(), rtol=1e-5)
+    assert list(data["recon_vs_kl"].epochs) == [1, 2]
+
+    figs = figures.fit_figures(result)  # drawn: what a run's PNGs show
+    assert set(figs) == set(figures.FIGURE_FILES) and all(isinstance(f, PILImage) for f in figs.values())
+    for name in ("reconstructions", "class_samples", "latent_traversal"):
+        grid, image = data[name], np.asarray(figs[name], dtype=float) / 255
+        scale = figures.cell_scale(grid.cell_px)
+        (x0, y0), (h, w) = figures.grid_origin(grid), grid.pixels.shape
+        np.testing.assert_allclose(image[y0:y0 + h * scale, x0:x0 + w * scale],
+                                   np.kron(grid.pixels, np.ones((scale, scale))), atol=0.5 / 255)
+        assert image[:y0].min() < 0.5 and image[y0:, :x0].min() < 0.5  # a title above, row labels at the left
+    bars = np.asarray(figs["kl_per_dim"])
+    baseline = max(r for r in range(bars.shape[0]) if (bars[r] == TAB_BLUE).all(axis=1).any())
+    blue = (bars[baseline] == TAB_BLUE).all(axis=1)
+    assert np.count_nonzero(blue[1:] & ~blue[:-1]) + int(blue[0]) == 6  # one bar per latent dimension
+    curves = np.asarray(figs["recon_vs_kl"])
+    third = curves.shape[1] // 3
+    for panel in (curves[:, :third], curves[:, third:2 * third]):  # recon, KL: train and val lines
+        assert (panel == TAB_BLUE).all(axis=2).sum() > 20 and (panel == TAB_ORANGE).all(axis=2).sum() > 20
+    assert (curves[:, 2 * third:] == viridis(1.0)).all(axis=2).any()  # the last epoch's point
+
+
+def test_ticks_are_round_and_labelled_to_their_step():
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(22.3, 40.4) == [25.0, 30.0, 35.0, 40.0]
+    assert nice_ticks(1.0, 20.0) == [5.0, 10.0, 15.0, 20.0]
+    assert [tick_label(t, [0.0, 0.25]) for t in (0.0, 0.25)] == ["0.00", "0.25"]
+    assert tick_label(30.0, [25.0, 30.0]) == "30"
+
+
+def test_rgb_and_large_images_draw_pixel_for_pixel():
+    rgb = figures.ImageGrid(np.random.default_rng(0).random((2 * 33 + 1, 3 * 33 + 1, 3), dtype=np.float32),
+                            "colour", cell_px=32, row_labels=("a", "b"))
+    image = np.asarray(figures.draw(rgb), dtype=float) / 255
+    (x0, y0), (h, w, _) = figures.grid_origin(rgb), rgb.pixels.shape
+    assert figures.cell_scale(32) == 1 and image.shape[2] == 3
+    np.testing.assert_allclose(image[y0:y0 + h, x0:x0 + w], rgb.pixels, atol=0.5 / 255)
 
 
 # -- the train command ---------------------------------------------------------------------------
