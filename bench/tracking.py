@@ -19,7 +19,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .redaction import redact_url
 from .tracking_spool import MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH  # noqa: F401
@@ -248,6 +248,12 @@ class RunTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Metrics at ``step`` in one call (requests of at most 1000)."""
         self._write("log_batch", self._run_id, metrics={str(k): float(v) for k, v in metrics.items()}, step=int(step))
+
+    def log_metric_steps(self, rows: Sequence[tuple[str, float, int]]) -> None:
+        """Metrics of several steps, rows of (key, value, step), in one call (e.g. epochs held back)."""
+        rows = [(str(k), float(v), int(step)) for k, v, step in rows]
+        if rows:
+            self._write("log_batch", self._run_id, metric_steps=rows)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._write("log_batch", self._run_id, tags={str(k): _tag_value(v) for k, v in tags.items()})

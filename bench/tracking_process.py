@@ -399,17 +399,22 @@ class _Child:
         from .figures import log_figures
 
         tracker = self.tracker
+        rows: list[tuple[str, float, int]] = []  # consecutive metrics messages, sent as one request
         for message in _merge_steps(messages):
             kind = message[0]
             if kind == "metrics":
-                tracker.log_metrics(message[1], step=message[2])
-            elif kind == "figures":
+                rows += [(k, v, message[2]) for k, v in message[1].items()]
+                continue
+            tracker.log_metric_steps(rows)
+            rows = []
+            if kind == "figures":
                 log_figures(tracker, message[1])
             elif kind == "end":
                 tracker.end(message[1], message[2])
                 self.reply("done", tracker.run_id, self._settle())
             else:
                 raise ValueError(f"unknown message {kind!r}")
+        tracker.log_metric_steps(rows)
         messages.clear()
         return 0
 

@@ -30,7 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .redaction import redact_url
 
@@ -144,10 +144,13 @@ class ResilientClient:
         return self.run_id(local)
 
     def log_batch(self, run_id: str, metrics: dict[str, float] | None = None, step: int | None = None,
-                  params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None) -> None:
+                  params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+                  metric_steps: Sequence[tuple[str, float, int]] = ()) -> None:
+        """One request: ``metrics`` at ``step``, plus ``metric_steps`` rows (key, value, step) of other steps."""
         now = int(time.time() * 1000)
+        rows = [(k, v, step or 0) for k, v in (metrics or {}).items()] + list(metric_steps)
         self._submit({"op": "log_batch", "run_id": run_id,
-                      "metrics": [[k, float(v), now, int(step or 0)] for k, v in (metrics or {}).items()],
+                      "metrics": [[k, float(v), now, int(s)] for k, v, s in rows],
                       "params": [[k, str(v)] for k, v in (params or {}).items()],
                       "tags": [[k, str(v)] for k, v in (tags or {}).items()]})
 
@@ -222,7 +225,8 @@ class ResilientClient:
         if record["op"] == "log_artifact":  # the caller may delete its file: keep a copy
             self._files_dir.mkdir(exist_ok=True)
             src = Path(record["local_path"])
-            dst = self._files_dir / f"{uuid.uuid4().hex[:8]}-{src.name}"
+            dst = self._files_dir / uuid.uuid4().hex[:8] / src.name  # the artifact keeps its name
+            dst.parent.mkdir()
             shutil.copy2(src, dst)
             record = {**record, "local_path": str(dst)}
         if not self._file.exists():
