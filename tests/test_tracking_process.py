@@ -301,14 +301,14 @@ def test_training_process_imports_neither_mlflow_nor_matplotlib(store, tmp_path)
 
 @slow
 def test_killed_train_process_leaves_the_run_killed(store, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "studies.cli", "train", "--epochs", "500", "--limit", "300",
+    proc = subprocess.Popen([sys.executable, "-m", "studies.cli", "train", "--epochs", "20000", "--limit", "300",
                              "--no-progress", "--tracking-uri", store, "--experiment", "t"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
         client = None
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:  # until the run has logged an epoch
+        while time.monotonic() < deadline:  # until the run has logged an epoch (minutes of training are left)
             time.sleep(0.2)
             try:
                 client, run = only_run(store)
