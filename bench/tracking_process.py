@@ -420,15 +420,7 @@ class _Child:
 
     def _settle(self) -> str | None:
         """Send what the spool holds; a note for the user if the server is still unreachable."""
-        client = self.tracker.client
-        try:
-            if client.flush():
-                return None
-            left = client.pending
-        finally:
-            client.close()
-        return (f"the MLflow server was unreachable: {left} writes are spooled in {client.spool_dir}; "
-                f"`cvae-bench sync --tracking-uri {redact_url(self.tracking_uri)}` sends them")
+        return self.tracker.client.settle()
 
 
 def main(argv: list[str]) -> int:

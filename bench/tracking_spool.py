@@ -258,6 +258,18 @@ class ResilientClient:
                 os.close(self._owner_fd)
                 self._owner_fd = None
 
+    def settle(self) -> str | None:
+        """At the end of a process: send what is spooled, then :meth:`close`. Returns None when
+        nothing is left, else a one-line note for the user saying where the writes wait and how to send them."""
+        try:
+            if self.flush():
+                return None
+            left = self.pending
+        finally:
+            self.close()
+        return (f"the MLflow server was unreachable: {left} writes are spooled in {self.spool_dir}; "
+                f"`cvae-bench sync --tracking-uri {redact_url(self.tracking_uri)}` sends them")
+
     def flush(self) -> bool:
         """Try to send everything spooled now, ignoring the back-off; True when nothing is left."""
         with self._lock:

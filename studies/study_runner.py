@@ -266,16 +266,8 @@ class StudyRun:
 
     def _settle_tracking(self) -> list[str]:
         """Flush this invocation's spool; a note for the user if the server is still unreachable."""
-        if self.client is None:
-            return []
-        try:
-            if self.client.flush():
-                return []
-            left = self.client.pending
-        finally:
-            self.client.close()
-        return [f"the MLflow server was unreachable: {left} writes are spooled in {self.client.spool_dir}; "
-                f"`cvae-bench sync --tracking-uri {redact_url(self.tracking_uri)}` sends them"]
+        note = self.client.settle() if self.client is not None else None
+        return [note] if note else []
 
     def _on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial failed by heartbeat: retry it (Optuna) and end its orphaned MLflow run FAILED."""

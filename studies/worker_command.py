@@ -22,9 +22,13 @@ from bench.train_command import add_data_arguments, add_tracking_arguments
 from .storage import DEFAULT_HEARTBEAT_S
 from .study_command import OBJECTIVE_CHOICES, PRUNER_CHOICES, SAMPLER_CHOICES
 
-#: Options that define the study; None on the command line means "the study's value".
-STUDY_OPTIONS = ("variant", "dataset", "epochs", "objective", "pruner", "sampler", "seed", "iw_samples", "limit",
-                 "image_size", "experiment")
+
+
+def study_options() -> tuple[str, ...]:
+    """Options that define the study (those it stores); None on the command line means "the study's value"."""
+    from .study_runner import FIXED_ATTRS, SPEC_ATTRS  # imports torch: not at parser build time
+
+    return FIXED_ATTRS + SPEC_ATTRS
 
 
 def stored_settings(storage_url: str, study_name: str, heartbeat: int) -> dict[str, Any] | None:
@@ -38,7 +42,7 @@ def stored_settings(storage_url: str, study_name: str, heartbeat: int) -> dict[s
         attrs = optuna.load_study(study_name=study_name, storage=storage).user_attrs
     except KeyError:
         return None
-    settings = {k: attrs[k] for k in STUDY_OPTIONS if k in attrs}
+    settings = {k: attrs[k] for k in study_options() if k in attrs}
     if "trials_total" in attrs:
         settings["trials"] = attrs["trials_total"]
     return settings
@@ -48,7 +52,7 @@ def spec_from_args(args: argparse.Namespace, stored: dict[str, Any] | None):
     """StudySpec of this worker: command line over the stored study over the defaults."""
     from .study_runner import StudySpec
 
-    given = {k: getattr(args, k) for k in STUDY_OPTIONS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in study_options() if getattr(args, k) is not None}
     if args.trials_total is not None:
         given["trials"] = args.trials_total
     settings = {**(stored or {}), **given}

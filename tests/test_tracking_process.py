@@ -78,11 +78,8 @@ def test_metrics_of_one_step_are_merged_in_order():
 
 
 class FakeClient:
-    def flush(self):
-        return True
-
-    def close(self):
-        pass
+    def settle(self):
+        return None
 
 
 class FakeTracker:
