@@ -141,7 +141,7 @@ def load_mlflow_source(run_id: str, label: str, tracking_uri: str | None) -> Sou
     if not name:
         try:
             name = result_name(params["loop"], params["variant"], params["dataset"], int(params["batch_size"]),
-                               params["device"], params["mode"], params["amp"])
+                               params["device"], params["mode"], params["amp"], params.get("adam", ""))
         except (KeyError, ValueError):
             raise CLIError(f"{label}: MLflow run {run_id} lacks the steptime params that name a benchmark") from None
     measurement = Measurement(name, median, _positive(metrics.get("normalised")))

@@ -8,7 +8,8 @@ Data: MNIST when its files are already on disk (nothing is downloaded), else syn
 
 Order, so that a time budget cuts the least informative work: the seed-loop baseline at batch 64,
 then for each variant, batch and precision the floor (CUDA-graph replay of the bare step), eager and
-CUDA graphs; then the torch.compile modes (compile, compile + CUDA graphs), which cost a compilation
+CUDA graphs (for the seed preset at batch 64 also with torch's default Adam instead of the fused one);
+then the torch.compile modes (compile, compile + CUDA graphs), which cost a compilation
 each. A configuration that would start after ``--budget-s`` is skipped and listed as such; one that
 fails is reported and the sweep goes on. Writes ``DIR/sweep.json`` (the steptime schema plus a
 ``sweep`` summary) and ``DIR/sweep.md``. Needs neither MLflow nor Optuna.
@@ -69,6 +70,7 @@ def sweep_configs(plan: SweepPlan, device: str) -> list[StepTimeConfig]:
                 configs.append(StepTimeConfig(v, b, device, amp=amp))
                 if graphs:
                     configs.append(StepTimeConfig(v, b, device, amp=amp, cuda_graphs=True))
+                configs += adam_contrast(v, b, device, amp, compile=False, cuda_graphs=graphs)
     if plan.compile:
         for v in plan.variants:
             for b in plan.batch_sizes:
@@ -76,7 +78,20 @@ def sweep_configs(plan: SweepPlan, device: str) -> list[StepTimeConfig]:
                     configs.append(StepTimeConfig(v, b, device, amp=amp, compile=True))
                     if graphs:
                         configs.append(StepTimeConfig(v, b, device, amp=amp, compile=True, cuda_graphs=True))
+                    configs += adam_contrast(v, b, device, amp, compile=True, cuda_graphs=graphs)
     return configs
+
+
+def adam_contrast(variant: str, batch: int, device: str, amp: str, compile: bool,
+                  cuda_graphs: bool) -> list[StepTimeConfig]:
+    """The fastest mode of the seed preset at batch 64 once more with torch's default Adam.
+
+    The harness runs fused Adam; this row shows what that choice is worth where steps are shortest.
+    """
+    if (variant, batch) != (SEED_PRESET, 64):
+        return []
+    return [StepTimeConfig(variant, batch, device, amp=amp, compile=compile, cuda_graphs=cuda_graphs,
+                           adam="default")]
 
 
 def mnist_or_synthetic(data_root: str | None, n: int) -> tuple[DataSplits, str]:
@@ -101,6 +116,7 @@ def floor_gaps(results: list[StepTimeResult]) -> list[dict[str, Any]]:
         best = min(harness, key=lambda r: r.median_ms)
         floor = floors.get(best.amp)
         gaps.append({"variant": variant, "batch_size": batch, "best_mode": best.mode, "best_amp": best.amp,
+                     "best_adam": best.adam,
                      "best_ms": best.median_ms, "best_samples_per_s": best.samples_per_s,
                      "floor_ms": floor.median_ms if floor else None,
                      "best_over_floor": best.median_ms / floor.median_ms if floor else None,
@@ -116,7 +132,8 @@ def format_gaps(gaps: list[dict[str, Any]]) -> str:
         ratio = f"{g['best_over_floor']:.2f}x" if g["best_over_floor"] is not None else "-"
         speed = f"{g['speedup_vs_seed_loop']:.1f}x" if g["speedup_vs_seed_loop"] is not None else "-"
         amp = "bf16" if g["best_amp"] == "bf16" else "fp32"
-        lines.append(f"| {g['variant']} | {g['batch_size']} | {g['best_mode']} {amp} | {g['best_ms']:.4f} | "
+        lines.append(f"| {g['variant']} | {g['batch_size']} | {g['best_mode']} {amp} adam-{g['best_adam']} | "
+                     f"{g['best_ms']:.4f} | "
                      f"{floor} | {ratio} | {speed} |")
     return "\n".join(lines)
 
@@ -133,7 +150,7 @@ def run_sweep(out: Path, device: str, quick: bool, budget_s: float, compile: boo
     skipped: list[str] = []
     failed: list[dict[str, str]] = []
     for i, cfg in enumerate(configs, 1):
-        label = f"{cfg.loop} {cfg.variant} b{cfg.batch_size} {cfg.mode} {cfg.precision}"
+        label = f"{cfg.loop} {cfg.variant} b{cfg.batch_size} {cfg.mode} {cfg.precision} adam-{cfg.adam}"
         elapsed = time.monotonic() - start
         if elapsed > budget_s:
             skipped.append(label)
@@ -180,7 +197,7 @@ def markdown_report(document: dict[str, Any], results: list[StepTimeResult], gap
     if seed_rows and seed_rows[0]["speedup_vs_seed_loop"] is not None:
         g = seed_rows[0]
         lines.append(f"- seed preset (cvae, MLP 128, latent 32) at batch 64: best harness setting "
-                     f"{g['best_mode']} {'bf16' if g['best_amp'] == 'bf16' else 'fp32'} runs "
+                     f"{g['best_mode']} {'bf16' if g['best_amp'] == 'bf16' else 'fp32'} adam-{g['best_adam']} runs "
                      f"{g['speedup_vs_seed_loop']:.1f}x the seed loop's samples/s")
     floor = "the bare step on fixed buffers: a CUDA-graph replay on CUDA, eager on CPU"
     lines += ["", f"## Best setting vs the floor ({floor})", "", format_gaps(gaps), "",

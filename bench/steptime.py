@@ -16,10 +16,12 @@ The loops that can be timed (``StepTimeConfig.loop``)
 - ``harness``: the data set sits on the device; before each block a ``randperm`` fills an index table
   (untimed), and each step gathers its batch from device tensors. With ``cuda_graphs`` the gather, the
   read of the KL weight from the schedule table (indexed by a device-side step counter) and the whole
-  step including Adam (``capturable=True``) are captured into one ``torch.cuda.CUDAGraph``.
+  step including Adam (``capturable=True``) are captured into one ``torch.cuda.CUDAGraph``. Adam is
+  the fused implementation (one kernel for all parameters) unless ``adam="default"``.
 - ``seed-loop``: the seed article's way: a ``DataLoader`` over a ``TensorDataset`` of CPU tensors
   (per-sample ``__getitem__`` and collation), ``.to(device)`` of every batch and of the KL weight each
-  step. It runs the same model and step function, so the ratio to it isolates the data pipeline.
+  step, and ``optim.Adam`` as the article builds it (torch's default implementation). It runs the same
+  model and step function, so the ratio to it measures the data pipeline and the fused optimiser.
 - ``floor``: the bare step on fixed, pre-loaded input buffers (no gather, no counter), replayed as a
   CUDA graph on CUDA: the practical floor of the step at that batch size. On CPU it runs eagerly.
 
@@ -53,7 +55,7 @@ from models.config import ConfigError
 
 from .datasets import DataSplits, Split, load_dataset
 from .presets import model_config
-from .train_step import make_optimizer, make_train_step
+from .train_step import ADAM_IMPLEMENTATIONS, make_optimizer, make_train_step
 
 LOOPS = ("harness", "seed-loop", "floor")
 SYNTHETIC_PREFIX = "synthetic:"
@@ -219,8 +221,13 @@ class StepTimeConfig:
     amp: str = "none"
     cuda_graphs: bool = False
     loop: str = "harness"
+    adam: str = ""
 
     def __post_init__(self) -> None:
+        if not self.adam:  # the seed article's optim.Adam for its loop, the harness's fused Adam otherwise
+            object.__setattr__(self, "adam", "default" if self.loop == "seed-loop" else "fused")
+        if self.adam not in ADAM_IMPLEMENTATIONS:
+            raise ConfigError(f"adam={self.adam!r}: must be one of {', '.join(ADAM_IMPLEMENTATIONS)}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(f"batch_size={self.batch_size!r}: must be an integer >= 1")
         if self.loop not in LOOPS:
@@ -231,8 +238,10 @@ class StepTimeConfig:
             raise ConfigError(f"device={self.device!r}: must be cpu or cuda (resolve 'auto' first)")
         if self.cuda_graphs and self.device != "cuda":
             raise ConfigError("cuda_graphs needs device cuda")
-        if self.loop == "seed-loop" and (self.compile or self.cuda_graphs or self.amp != "none"):
-            raise ConfigError("the seed-loop baseline runs eager fp32 (no compile, amp or cuda_graphs)")
+        if self.loop == "seed-loop" and (self.compile or self.cuda_graphs or self.amp != "none"
+                                         or self.adam != "default"):
+            raise ConfigError("the seed-loop baseline runs eager fp32 with torch's default Adam "
+                              "(no compile, amp, cuda_graphs or fused Adam)")
 
     @property
     def mode(self) -> str:
@@ -286,6 +295,7 @@ class StepTimeResult:
     compile: bool
     amp: str
     cuda_graphs: bool
+    adam: str
     median_ms: float
     iqr_ms: float
     q25_ms: float
@@ -305,15 +315,20 @@ class StepTimeResult:
     @property
     def name(self) -> str:
         """Key that identifies the configuration across files (used by ``cvae-bench compare``)."""
-        return result_name(self.loop, self.variant, self.dataset, self.batch_size, self.device, self.mode, self.amp)
+        return result_name(self.loop, self.variant, self.dataset, self.batch_size, self.device, self.mode, self.amp,
+                           self.adam)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self)}
 
 
-def result_name(loop: str, variant: str, dataset: str, batch_size: int, device: str, mode: str, amp: str) -> str:
+def result_name(loop: str, variant: str, dataset: str, batch_size: int, device: str, mode: str, amp: str,
+                adam: str = "") -> str:
+    """``loop:variant/dataset/bB/device/mode/precision``, plus ``/adam-IMPL`` when a loop runs the other Adam."""
     precision = "bf16" if amp == "bf16" else "fp32"
-    return f"{loop}:{variant}/{dataset}/b{batch_size}/{device}/{mode}/{precision}"
+    usual = "default" if loop == "seed-loop" else "fused"
+    suffix = f"/adam-{adam}" if adam and adam != usual else ""
+    return f"{loop}:{variant}/{dataset}/b{batch_size}/{device}/{mode}/{precision}{suffix}"
 
 
 class TimedLoop(Protocol):
@@ -480,7 +495,7 @@ def build_loop(cfg: StepTimeConfig, model_cfg: CVAEConfig, data: DataSplits, opt
     device = torch.device(cfg.device)
     torch.manual_seed(options.seed)
     model = CVAE(model_cfg).to(device)
-    optimizer = make_optimizer(model, options.lr, capturable=cfg.cuda_graphs)
+    optimizer = make_optimizer(model, options.lr, capturable=cfg.cuda_graphs, implementation=cfg.adam)
     if cfg.compile:
         torch._dynamo.reset()  # every configuration compiles afresh (no recompile limit, no stale guards)
     step_fn = make_train_step(model, optimizer, amp=cfg.amp, compile=cfg.compile)
@@ -541,7 +556,7 @@ def measure(cfg: StepTimeConfig, data: DataSplits, options: TimingOptions = Timi
     result = StepTimeResult(
         variant=cfg.variant, dataset=data.name, batch_size=cfg.batch_size, device=cfg.device,
         device_name=device_name(device), loop=cfg.loop, mode=cfg.mode, compile=cfg.compile, amp=cfg.amp,
-        cuda_graphs=cfg.cuda_graphs, median_ms=median, iqr_ms=q75 - q25, q25_ms=q25, q75_ms=q75,
+        cuda_graphs=cfg.cuda_graphs, adam=cfg.adam, median_ms=median, iqr_ms=q75 - q25, q25_ms=q25, q75_ms=q75,
         samples_per_s=cfg.batch_size / (median / 1e3), peak_mem_mb=peak_mb, peak_mem_source=peak_source,
         flops_per_step=flops, tflops=flops / (median / 1e3) / 1e12, steps_per_block=steps,
         repeats=options.repeats, block_times_ms=[t * steps for t in times.per_step_ms], final_loss=loop.last_loss())
@@ -594,7 +609,7 @@ def report(results: list[StepTimeResult], calibration: dict[str, dict[str, Any]]
             "results": [r.to_dict() for r in results]}
 
 
-TABLE_COLUMNS = ("loop", "variant", "dataset", "batch", "device", "mode", "amp", "median_ms", "iqr_ms",
+TABLE_COLUMNS = ("loop", "variant", "dataset", "batch", "device", "mode", "amp", "adam", "median_ms", "iqr_ms",
                  "samples_per_s", "peak_mem_mb", "tflops", "speedup")
 
 
@@ -602,7 +617,7 @@ def table_rows(results: list[StepTimeResult]) -> list[list[str]]:
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
-    return [[r.loop, r.variant, r.dataset, str(r.batch_size), r.device, r.mode, "bf16" if r.amp == "bf16" else "fp32",
+    return [[r.loop, r.variant, r.dataset, str(r.batch_size), r.device, r.mode, "bf16" if r.amp == "bf16" else "fp32", r.adam,
              fmt(r.median_ms, ".3f"), fmt(r.iqr_ms, ".3f"), fmt(r.samples_per_s, ",.0f"), fmt(r.peak_mem_mb, ".1f"),
              fmt(r.tflops, ".4f"), fmt(r.speedup, ".2f") + ("x" if r.speedup is not None else "")]
             for r in results]

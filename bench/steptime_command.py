@@ -20,6 +20,7 @@ from .presets import check_variant
 from .steptime import (StepTimeConfig, StepTimeResult, TimingOptions, add_normalised, add_speedups, format_table,
                        load_benchmark_data, machine_info, measure, measure_calibration, report)
 from .train_command import int_list
+from .train_step import ADAM_IMPLEMENTATIONS
 from .train_config import resolve_device
 
 EXPERIMENT = "steptime"
@@ -47,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (default none)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="capture the whole step (gather, forward, backward, Adam) as one CUDA graph")
+    g.add_argument("--adam", default="fused", choices=ADAM_IMPLEMENTATIONS,
+                   help="Adam of the harness and floor rows: fused (default, one kernel for all parameters) or "
+                        "default (torch.optim.Adam's own choice, as the seed loop uses)")
     g.add_argument("--baseline", default=None, choices=("seed-loop",),
                    help="also time the seed article's DataLoader loop; adds the speedup column")
     g.add_argument("--floor", action="store_true",
@@ -78,9 +82,9 @@ def configs_from_args(args: argparse.Namespace, device: str) -> list[StepTimeCon
                 configs.append(StepTimeConfig(variant, batch, device, loop="seed-loop"))
             if args.floor:
                 configs.append(StepTimeConfig(variant, batch, device, compile=args.compile, amp=args.amp,
-                                              cuda_graphs=device == "cuda", loop="floor"))
+                                              cuda_graphs=device == "cuda", loop="floor", adam=args.adam))
             configs.append(StepTimeConfig(variant, batch, device, compile=args.compile, amp=args.amp,
-                                          cuda_graphs=args.cuda_graphs))
+                                          cuda_graphs=args.cuda_graphs, adam=args.adam))
     return configs
 
 
@@ -115,7 +119,7 @@ def log_to_mlflow(results: list[StepTimeResult], calibration: dict[str, Any], tr
             with RunTracker.start(client, experiment_id, r.name, tags=tags) as tracker:
                 tracker.log_params({"variant": r.variant, "dataset": r.dataset, "batch_size": r.batch_size,
                                     "device": r.device, "loop": r.loop, "mode": r.mode, "compile": r.compile,
-                                    "amp": r.amp, "cuda_graphs": r.cuda_graphs, "steps_per_block": r.steps_per_block,
+                                    "amp": r.amp, "cuda_graphs": r.cuda_graphs, "adam": r.adam, "steps_per_block": r.steps_per_block,
                                     "repeats": r.repeats, "peak_mem_source": r.peak_mem_source,
                                     "calibration_workload": cal["workload"] if cal else "none"})
                 metrics = {"median_ms": r.median_ms, "iqr_ms": r.iqr_ms, "samples_per_s": r.samples_per_s,

@@ -124,7 +124,7 @@ def test_mlflow_run_ids(tmp_path, capsys):
 
     def result(median_ms: float) -> StepTimeResult:
         return StepTimeResult(variant="cvae", dataset="digits", batch_size=64, device="cpu", device_name="cpu",
-                              loop="harness", mode="eager", compile=False, amp="none", cuda_graphs=False,
+                              loop="harness", mode="eager", compile=False, amp="none", cuda_graphs=False, adam="fused",
                               median_ms=median_ms, iqr_ms=0.1, q25_ms=median_ms, q75_ms=median_ms,
                               samples_per_s=64e3 / median_ms, peak_mem_mb=1.0, peak_mem_source="test",
                               flops_per_step=1, tflops=1e-9, steps_per_block=1, repeats=1, normalised=median_ms)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.steptime import (BlockTimes, HarnessLoop, StepTimeConfig, TimingOptions, add_speedups, count_step_flops,
-                            measure, steps_for_block, synthetic_splits, time_blocks)
+                            measure, result_name, steps_for_block, synthetic_splits, time_blocks)
 from models.config import ConfigError
 from studies.cli import main
 
@@ -130,6 +130,59 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="batch_size"):
         StepTimeConfig("cvae", 0, "cpu")
     assert StepTimeConfig("cvae", 64, "cpu", compile=True).mode == "compile"
+    with pytest.raises(ConfigError, match="adam"):
+        StepTimeConfig("cvae", 64, "cpu", adam="sgd")
+    with pytest.raises(ConfigError, match="seed-loop"):
+        StepTimeConfig("cvae", 64, "cpu", loop="seed-loop", adam="fused")
+
+
+def test_adam_implementation_per_loop_and_in_the_name():
+    """The harness runs fused Adam, the seed loop the article's ``optim.Adam``; names say the exception."""
+    assert StepTimeConfig("cvae", 64, "cpu").adam == "fused"
+    assert StepTimeConfig("cvae", 64, "cpu", loop="floor").adam == "fused"
+    assert StepTimeConfig("cvae", 64, "cpu", loop="seed-loop").adam == "default"
+    assert result_name("harness", "cvae", "digits", 64, "cpu", "eager", "none", "fused") == \
+        "harness:cvae/digits/b64/cpu/eager/fp32"
+    assert result_name("harness", "cvae", "digits", 64, "cpu", "eager", "none", "default") == \
+        "harness:cvae/digits/b64/cpu/eager/fp32/adam-default"
+    assert result_name("seed-loop", "cvae", "digits", 64, "cpu", "eager", "none", "default") == \
+        "seed-loop:cvae/digits/b64/cpu/eager/fp32"
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_fused_adam_takes_the_same_steps_as_torchs_default_adam(digits, device):
+    from bench.presets import model_config
+    from bench.train_step import make_optimizer, make_train_step
+    from models import CVAE
+
+    dev = torch.device(device)
+    x, y = digits.train.x[:64].to(dev), digits.train.y[:64].to(dev)
+    weight = torch.tensor([1.0, 1.0], device=dev)
+    params = {}
+    for implementation in ("default", "fused"):
+        torch.manual_seed(0)
+        model = CVAE(model_config("flow-cvae", digits)).to(dev)
+        optimizer = make_optimizer(model, 1e-2, weight_decay=1e-4, implementation=implementation)
+        assert optimizer.param_groups[0]["fused"] is (True if implementation == "fused" else None)
+        step = make_train_step(model, optimizer)
+        for _ in range(5):
+            torch.manual_seed(1)  # the same reparameterisation noise for both
+            step(x, y, weight)
+        params[implementation] = torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
+    moved = (params["default"] - params["fused"]).abs().max()
+    assert moved < 1e-4
+    torch.manual_seed(0)
+    untrained = torch.cat([p.detach().flatten() for p in CVAE(model_config("flow-cvae", digits)).parameters()])
+    assert (params["fused"] - untrained).abs().max() > 1e-2  # five steps at lr 1e-2 did move the weights
+
+
+def test_make_optimizer_rejects_an_unknown_implementation(digits):
+    from bench.presets import model_config
+    from bench.train_step import make_optimizer
+    from models import CVAE
+
+    with pytest.raises(ValueError, match="implementation='sgd'"):
+        make_optimizer(CVAE(model_config("cvae", digits)), 1e-3, implementation="sgd")
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -221,6 +274,10 @@ def test_gpu_sweep_quick_on_cpu_writes_json_and_markdown(tmp_path):
     doc = json.loads((tmp_path / "sweep.json").read_text())
     loops = {(r["loop"], r["variant"]) for r in doc["results"]}
     assert {("seed-loop", "cvae"), ("harness", "cvae"), ("floor", "cvae"), ("harness", "flow-cvae")} <= loops
+    adams = {(r["loop"], r["variant"], r["adam"]) for r in doc["results"]}
+    assert {("seed-loop", "cvae", "default"), ("harness", "cvae", "fused"), ("harness", "cvae", "default"),
+            ("harness", "flow-cvae", "fused")} <= adams
+    assert ("harness", "flow-cvae", "default") not in adams  # the contrast row is the seed preset's only
     assert "synthetic" in doc["sweep"]["data"]  # no MNIST files in CI: synthetic 28x28, said so
     assert all(r["dataset"] == "synthetic:28x28" for r in doc["results"])
     gaps = {g["variant"]: g for g in doc["sweep"]["floor_gaps"]}
