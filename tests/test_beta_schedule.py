@@ -45,6 +45,18 @@ def test_cyclical_schedule_restarts_each_cycle():
     assert beta_at(cfg, 0.5, epochs) == pytest.approx(0.5)
 
 
+def test_cyclical_schedule_uses_beta_and_ratio():
+    """beta = 3, ratio = 0.25: each cycle rises to 3 over its first quarter (the test above has beta = 1
+    and ratio = 0.5 only, which a schedule ignoring either option would also produce)."""
+    cfg = BetaConfig(schedule="cyclical", beta=3.0, cycles=2, ratio=0.25)
+    epochs, steps = 4, 8  # period of 2 epochs = 16 steps; rises over the first 4 steps of each
+    table = schedule_table(cfg, steps_per_epoch=steps, epochs=epochs)[:, 0]
+    expected_cycle = torch.tensor([0.0, 0.75, 1.5, 2.25] + [3.0] * 12)
+    torch.testing.assert_close(table, expected_cycle.repeat(2))
+    assert beta_at(cfg, 0.25, epochs) == pytest.approx(1.5)  # half way up the first rise
+    assert beta_at(cfg, 2.25, epochs) == pytest.approx(1.5)  # and of the second
+
+
 def test_capacity_rises_to_its_max_and_gamma_weights_the_gap():
     cfg = BetaConfig(schedule="capacity", gamma=50.0, capacity_max=10.0, capacity_epochs=5)
     assert capacity_at(cfg, 0.0) == 0.0
