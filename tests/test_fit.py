@@ -138,3 +138,45 @@ def test_no_bits_per_dim_without_a_discrete_8bit_likelihood(digits):
     result = fit(model_config("cvae", digits, likelihood="logistic", hidden=(32,), latent_dim=4),
                  TrainConfig(epochs=1, device="cpu", iw_samples=5), digits, progress=False)
     assert "test_bits_per_dim" not in result.final
+
+
+def test_epoch_metrics_are_the_means_of_the_steps_and_step_ms_is_per_step(digits, monkeypatch):
+    """Every step is recorded (and slowed by a known 20 ms sleep): train_recon / train_kl are the epoch
+    means of the steps' (recon, kl), beta the mean of the weights the steps got, step_ms the median
+    time of one step (not of the epoch), samples_per_s the epoch's examples over its wall time."""
+    import time
+
+    from bench import fit as fit_module
+
+    real_make_train_step = fit_module.make_train_step
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def slowed(*args, **kwargs):
+        step = real_make_train_step(*args, **kwargs)
+
+        def timed_step(x, y, weight):
+            time.sleep(0.02)
+            stats = step(x, y, weight)
+            seen.append((stats.clone(), weight.clone()))
+            return stats
+
+        return timed_step
+
+    monkeypatch.setattr(fit_module, "make_train_step", slowed)
+    cfg = model_config("beta-cvae", digits, beta_schedule="linear", beta=1.0, warmup_epochs=2)
+    result = fit(cfg, TrainConfig(epochs=2, batch_size=256, device="cpu"), digits, progress=False, final_eval=False)
+    steps = len(digits.train) // 256
+    assert len(seen) == 2 * steps
+    seconds = 0.0
+    for epoch, h in enumerate(result.history):
+        stats = torch.stack([s for s, _ in seen[epoch * steps:(epoch + 1) * steps]])
+        weights = torch.stack([w for _, w in seen[epoch * steps:(epoch + 1) * steps]])
+        assert h["train_recon"] == pytest.approx(stats[:, 1].mean().item(), rel=1e-6)
+        assert h["train_kl"] == pytest.approx(stats[:, 2].mean().item(), rel=1e-6)
+        assert h["train_recon"] > 10 * h["train_kl"] > 0  # recon, not KL or the weighted loss, in its column
+        assert h["beta"] == pytest.approx(weights[:, 0].mean().item(), rel=1e-6)
+        assert 20.0 <= h["step_ms"] < 0.5 * steps * 20.0, h["step_ms"]  # one step: not the epoch (5 steps)
+        assert h["samples_per_s"] <= 256 / 0.02
+        seconds += steps * 256 / h["samples_per_s"]
+    assert seconds == pytest.approx(result.train_seconds, rel=1e-6)
+    assert result.history[0]["beta"] < result.history[1]["beta"]  # the warm-up is in the weights given
