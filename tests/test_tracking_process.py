@@ -184,6 +184,16 @@ def test_train_logs_everything_it_prints(store, tmp_path, capsys):
     assert run.info.status == "FINISHED"
     for key in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3], key
+    # The values logged for each epoch are the ones the table printed (3 decimals), column by column.
+    lines = printed.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["epoch"])
+    columns = lines[header].split()
+    table = [dict(zip(columns, map(float, line.split()))) for line in lines[header + 1:header + 4]]
+    assert [row["epoch"] for row in table] == [1, 2, 3]
+    for key in ("train_recon", "train_kl", "val_recon", "val_kl", "val_neg_elbo", "beta"):
+        logged = [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+        assert logged == pytest.approx([row[key] for row in table], abs=6e-4), key
+    assert len({row["val_kl"] for row in table}) == 3  # epochs differ, so a shuffled history would show
     finals = json.loads(out.read_text())
     assert set(finals) == set(DIGITS_FINAL)
     for key, value in finals.items():
