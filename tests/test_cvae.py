@@ -208,3 +208,34 @@ def test_iw_bound_with_one_sample_is_minus_the_flow_elbo_exactly(kind):
     neg_elbo = model(x, y).neg_elbo.detach()
     torch.manual_seed(5)
     torch.testing.assert_close(model.iw_log_likelihood(x, y, k=1), -neg_elbo)
+
+
+@pytest.mark.parametrize("flow", [None, "planar"])
+def test_iw_bound_is_the_log_mean_of_k_weights_per_example(flow):
+    """log p(x|c) >= log (1/k) sum_j p(x|z_j,c) p(z_j) / q(z_j|x,c), recomputed per example from the
+    same k*B draws (sample-major: draw j of example b is row j*B + b)."""
+    k = 6
+    overrides = {} if flow is None else dict(variant="flow-cvae", flow=FlowConfig(kind=flow, length=2))
+    model = small_model((1, 8, 8), "mlp", **overrides).double()
+    x, y = batch((1, 8, 8))
+    x = x.double()
+    torch.manual_seed(11)
+    got = model.iw_log_likelihood(x, y, k=k)
+    c = model.one_hot(y)
+    with torch.no_grad():
+        mu, logvar, h = model.encode(x, c)
+        torch.manual_seed(11)
+        eps = torch.randn(k * B, L, dtype=torch.float64).view(k, B, L)
+        expected = []
+        for b in range(B):
+            z0 = mu[b] + torch.exp(0.5 * logvar[b]) * eps[:, b]  # (k, L)
+            log_q = torch.distributions.Normal(mu[b], torch.exp(0.5 * logvar[b])).log_prob(z0).sum(-1)
+            z = z0
+            if model.flow is not None:
+                z, log_det = model.flow(z0, h[b:b + 1].expand(k, -1))
+                log_q = log_q - log_det
+            log_px = model.likelihood.log_prob(model.decode(z, c[b:b + 1].expand(k, -1)),
+                                               x[b:b + 1].flatten(1).expand(k, -1))
+            log_w = log_px + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) - log_q
+            expected.append(torch.logsumexp(log_w, 0) - math.log(k))
+    torch.testing.assert_close(got, torch.stack(expected))
