@@ -88,6 +88,8 @@ def load_config(path: str) -> SuiteConfig:
         text = file.read_text()
     except OSError as exc:
         raise CLIError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"--config {path}: cannot read it (not UTF-8 text)") from None
     try:
         if file.suffix == ".toml":
             try:

@@ -378,6 +378,11 @@ def test_suite_config_errors_are_one_line(tmp_path, capsys):
     toml.write_text('trials = "many"\n')
     assert main(["suite", "--config", str(toml)]) == 2
     assert "trials='many' must be an integer" in capsys.readouterr().err
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    assert main(["suite", "--config", str(binary)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot read it (not UTF-8 text)" in err
     assert not list(tmp_path.glob("*.db"))
 
 
