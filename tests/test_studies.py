@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from bench.figures import FIGURE_FILES
@@ -384,6 +385,20 @@ def test_suite_config_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cannot read it (not UTF-8 text)" in err
     assert not list(tmp_path.glob("*.db"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unusable_device_is_one_line_before_any_trial(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "gpu.json"
+    config.write_text(json.dumps({"device": "gpu", "trials": 2, "epochs": 1}))
+    assert main(["suite", "--config", str(config), "--no-track", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "device='gpu': must be one of auto, cpu, cuda" in err
+    assert main(["study", "--device", "cuda", "--trials", "2", "--epochs", "1", "--no-track", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA device is available" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.db"))  # no study with failed trials was made
 
 
 # -- cvae-bench worker ---------------------------------------------------------------------------
