@@ -10,6 +10,7 @@ from pathlib import Path
 
 from models.config import BACKBONES, BETA_SCHEDULES, FLOW_KINDS, LIKELIHOODS, VARIANTS
 
+from .cli_errors import CLIError
 from .datasets import load_dataset
 from .figure_data import fit_figure_data
 from .fit import fit
@@ -154,6 +155,8 @@ def run_train(args: argparse.Namespace) -> int:
     from .tracking import resolve_tracking_uri, ui_hint
 
     check_variant(args.variant)
+    if args.metrics_json:
+        check_writable(args.metrics_json, "--metrics-json")
     tracking = None if args.no_track else TrackingProcess()
     try:
         data = load_data_from_args(args)
@@ -179,16 +182,32 @@ def run_train(args: argparse.Namespace) -> int:
     print("final metrics (nats per example unless named):")
     for key, value in result.final.items():
         print(f"  {key:<22} {value:.4f}")
+    unwritten = None
     if args.metrics_json:
-        Path(args.metrics_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_json).write_text(json.dumps(result.final, indent=2) + "\n")
+        try:
+            Path(args.metrics_json).write_text(json.dumps(result.final, indent=2) + "\n")
+        except OSError as exc:  # the run is still tracked to the end before this is reported
+            unwritten = CLIError(f"--metrics-json {args.metrics_json}: cannot write it ({exc.strerror or exc})")
     if tracking:
         run_id = tracking.finish()
         print(f"tracked as MLflow run {run_id} in experiment {args.experiment!r} "
               f"({ui_hint(resolve_tracking_uri(args.tracking_uri))})")
         if tracking.note:
             print(f"note: {tracking.note}", file=sys.stderr)
+    if unwritten:
+        raise unwritten
     return 0
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail before training, not after it, when the output file ``path`` cannot be written."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None
+    if target.is_dir():
+        raise CLIError(f"{option} {path}: cannot write it (a folder of that name exists)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

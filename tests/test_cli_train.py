@@ -134,6 +134,19 @@ def test_bad_input_is_one_line_and_exit_2(isolated, capsys, args, mentions):
     assert not out.exists()  # no half-written results
 
 
+@pytest.mark.parametrize("where", ["under-a-file/metrics.json", "a-folder"])
+def test_unwritable_metrics_json_fails_before_training(isolated, capsys, where):
+    (isolated / "under-a-file").write_text("")
+    (isolated / "a-folder").mkdir()
+    code = run_main([*QUICK, "--metrics-json", str(isolated / where)])  # tracked: no run may be left open
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = visible_lines(captured.err)
+    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX) and "--metrics-json" in lines[0], captured.err
+    assert "Traceback" not in captured.err
+    assert "epoch" not in captured.out  # nothing was trained and then thrown away
+
+
 def test_missing_mnist_files_name_the_folder_and_files(isolated, capsys):
     empty = isolated / "empty-root"
     empty.mkdir()
