@@ -19,7 +19,7 @@ from .cli_errors import CLIError
 from .presets import check_variant
 from .steptime import (StepTimeConfig, StepTimeResult, TimingOptions, add_normalised, add_speedups, format_table,
                        load_benchmark_data, machine_info, measure, measure_calibration, report)
-from .train_command import int_list
+from .train_command import check_writable, int_list
 from .train_config import resolve_device
 
 EXPERIMENT = "steptime"
@@ -137,6 +137,10 @@ def run_steptime(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise CLIError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
+    if not 0 < args.block_ms < float("inf"):
+        raise CLIError(f"--block-ms {args.block_ms}: must be a finite number of milliseconds > 0")
+    if args.json:
+        check_writable(args.json, "--json")  # before the timing, not after it
     device = resolve_device(args.device).type
     configs = configs_from_args(args, device)
     options = timing_options(args)
