@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="digits", metavar="NAME",
                    help="digits (default), mnist, fashion-mnist, cifar10, imagefolder:PATH, or synthetic:HxW / "
                         "synthetic:CxHxW (random images, e.g. synthetic:28x28 for MNIST-shaped data)")
-    g.add_argument("--data-root", default=None, metavar="DIR", help="where torchvision datasets live")
+    g.add_argument("--data-root", default=None, metavar="DIR", help="where torchvision datasets live (default: $CVAE_BENCH_DATA or ~/.cache/cvae-bench/data)")
     g.add_argument("--batch-size", type=int_list, default=(64,), metavar="B[,B...]",
                    help="batch sizes, comma-separated (default 64)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if present")
@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
     t.add_argument("--seed", type=int, default=0, help="seed of the model init and batch order (default 0)")
     o = p.add_argument_group("output")
-    o.add_argument("--json", default=None, metavar="PATH", help="write {machine, calibration, results} as JSON")
+    o.add_argument("--json", default=None, metavar="PATH", help="also write {machine, calibration, results} as JSON (default: none written)")
     o.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     o.add_argument("--experiment", default=EXPERIMENT, metavar="NAME", help=f"MLflow experiment (default {EXPERIMENT})")

@@ -29,17 +29,17 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
+def add_data_arguments(p: argparse.ArgumentParser, dataset_default: str = "default") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", metavar="NAME",
-                   help="digits (embedded, default), mnist, fashion-mnist, cifar10, or imagefolder:PATH "
+                   help=f"digits (embedded, {dataset_default}), mnist, fashion-mnist, cifar10, or imagefolder:PATH "
                         "(one sub-folder of images per class)")
     g.add_argument("--data-root", default=None, metavar="DIR",
                    help="where torchvision datasets live (default: $CVAE_BENCH_DATA or ~/.cache/cvae-bench/data)")
     g.add_argument("--download", action="store_true", help="download mnist/fashion-mnist/cifar10 if absent "
                    "(off by default: nothing is fetched unless asked)")
-    g.add_argument("--image-size", type=int, default=None, metavar="PX", help="resize imagefolder images to PX x PX")
-    g.add_argument("--limit", type=int, default=None, metavar="N", help="keep at most N examples per split (quick runs)")
+    g.add_argument("--image-size", type=int, default=None, metavar="PX", help="resize every image to PX x PX (default: native size; needed for imagefolder images of mixed sizes)")
+    g.add_argument("--limit", type=int, default=None, metavar="N", help="keep at most N examples per split, for quick runs (default: all)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,11 +56,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=float, default=None,
                    help="KL weight (beta-cvae default 4; cvae must be 1); for --beta-schedule capacity see --gamma")
     g.add_argument("--beta-schedule", default="constant", choices=BETA_SCHEDULES,
-                   help="constant, linear warm-up, cyclical annealing, or capacity (gamma*|KL-C|)")
-    g.add_argument("--warmup-epochs", type=int, default=10, help="linear schedule: epochs to reach beta")
-    g.add_argument("--cycles", type=int, default=4, help="cyclical schedule: number of cycles")
-    g.add_argument("--gamma", type=float, default=100.0, help="capacity schedule: weight of |KL - C|")
-    g.add_argument("--capacity-max", type=float, default=25.0, help="capacity schedule: final C in nats")
+                   help="constant (default), linear warm-up, cyclical annealing, or capacity (gamma*|KL-C|)")
+    g.add_argument("--warmup-epochs", type=int, default=10, help="linear schedule: epochs to reach beta (default 10)")
+    g.add_argument("--cycles", type=int, default=4, help="cyclical schedule: number of cycles (default 4)")
+    g.add_argument("--gamma", type=float, default=100.0, help="capacity schedule: weight of |KL - C| (default 100)")
+    g.add_argument("--capacity-max", type=float, default=25.0, help="capacity schedule: final C in nats (default 25)")
     g.add_argument("--flow", default=None, choices=(*FLOW_KINDS, "none"), help="flow-cvae: flow type (default planar)")
     g.add_argument("--flow-length", type=int, default=4, metavar="K", help="number of flow layers (default 4)")
 
@@ -220,7 +220,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_training_arguments(p)
     add_tracking_arguments(p, "cvae-bench-train")
     g = p.add_argument_group("output")
-    g.add_argument("--metrics-json", default=None, metavar="PATH", help="write the final metrics as a flat JSON object")
+    g.add_argument("--metrics-json", default=None, metavar="PATH", help="also write the final metrics as a flat JSON object (default: none written)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
     return p

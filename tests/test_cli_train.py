@@ -191,3 +191,12 @@ def test_help_exits_0_and_explains_each_option(capsys):
             assert any(s in text for s in action.option_strings)
     for variant in ("cvae", "beta-cvae", "flow-cvae"):
         assert variant in text
+
+
+def test_every_option_with_a_default_states_it_in_its_help():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            if (action.option_strings and action.dest != "help" and not action.required
+                    and action.default not in (None, False)):
+                assert "default" in (action.help or ""), (command, action.option_strings)
