@@ -193,6 +193,11 @@ def test_report_joins_trials_with_their_runs(main_study, tmp_path, capsys):
     assert main(["report", "--study-name", "nope", "--storage", main_study.storage]) == 2
     err = capsys.readouterr().err
     assert "no study named 'nope'" in err and "t-main" in err
+    # A tracking server that cannot be reached: the Optuna columns, and a note that says why no runs
+    assert main(["report", "--study-name", "t-main", "--storage", main_study.storage, "--tracking-uri",
+                 "http://127.0.0.1:9", "--csv", str(csv)]) == 0
+    note = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("note:"))
+    assert "http://127.0.0.1:9 (API request" in note and "failed" in note, note
 
 
 # -- rate-distortion ---------------------------------------------------------------------------
