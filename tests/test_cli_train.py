@@ -113,6 +113,7 @@ BAD_INPUTS = {
     "cvae with beta 4": (["--variant", "cvae", "--beta", "4"], ["beta=4.0"]),
     "conv on 10x10 (not divisible by 4)": (["--backbone", "conv", "--image-size", "10"], ["input_shape=(1, 10, 10)"]),
     "missing imagefolder": (["--dataset", "imagefolder:no/such/dir"], ["no/such/dir"]),
+    "flow-cvae with --flow none": (["--variant", "flow-cvae", "--flow", "none"], ["variant flow-cvae needs a flow"]),
     "unknown backbone (argparse)": (["--backbone", "resnet"], ["--backbone", "resnet"]),
     "bad hidden list (argparse)": (["--hidden", "wide"], ["--hidden", "'wide'"]),
     "diverging loss": (["--lr", "1e10"], ["epoch 1", "step"]),
