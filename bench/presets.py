@@ -30,8 +30,8 @@ def model_config(variant: str, data: DataSplits, *, backbone: str = "mlp", hidde
     beta_cfg = BetaConfig(schedule=beta_schedule, beta=DEFAULT_BETA[variant] if beta is None else beta,
                           **beta_options)
     flow_cfg = None
-    if variant == "flow-cvae" or flow not in (None, "none"):
-        flow_cfg = FlowConfig(kind=flow if flow not in (None, "none") else "planar", length=flow_length)
+    if flow not in (None, "none") or (variant == "flow-cvae" and flow is None):  # "none" asks for no flow
+        flow_cfg = FlowConfig(kind=flow or "planar", length=flow_length)
     return CVAEConfig(input_shape=data.input_shape, num_classes=data.num_classes, variant=variant,
                       backbone=backbone, hidden=tuple(hidden), latent_dim=latent_dim,
                       likelihood=likelihood or data.default_likelihood, binarize=binarize,

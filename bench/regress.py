@@ -90,11 +90,17 @@ def load_baseline(path: Path) -> QualityBaseline:
         raise CLIError(f"baseline file not found: {path}") from None
     except json.JSONDecodeError as err:
         raise CLIError(f"baseline {path} is not JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"baseline {path} is not JSON (not UTF-8 text)") from None
     except OSError as err:
         raise CLIError(f"cannot read baseline {path}: {err.strerror or err}") from None
     if not isinstance(document, dict):
         raise CLIError(f"baseline {path}: expected a JSON object")
     protocol = {**DEFAULT_PROTOCOL, **(document.get("protocol") or {})}
+    for key, least in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("threads", 1)):
+        value = protocol[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise CLIError(f"baseline {path}: protocol.{key}={value!r} must be an integer >= {least}")
     tolerances, values = {}, {}
     raw_tol = document.get("tolerances")
     if not isinstance(raw_tol, dict):

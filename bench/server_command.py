@@ -46,6 +46,8 @@ def run_server(args: argparse.Namespace) -> int:
                        "SSH tunnel or an authenticating proxy, or pass --allow-remote on a trusted network")
     if args.port < 1 or args.port > 65535:
         raise CLIError(f"--port {args.port}: must be in 1..65535")
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers {args.workers}: must be an integer >= 1")
     extra = args.mlflow_args[1:] if args.mlflow_args[:1] == ["--"] else args.mlflow_args
     cmd = server_command_line(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
                               args.workers, extra)

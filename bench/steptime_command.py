@@ -19,7 +19,7 @@ from .cli_errors import CLIError
 from .presets import check_variant
 from .steptime import (StepTimeConfig, StepTimeResult, TimingOptions, add_normalised, add_speedups, format_table,
                        load_benchmark_data, machine_info, measure, measure_calibration, report)
-from .train_command import int_list
+from .train_command import check_writable, int_list
 from .train_step import ADAM_IMPLEMENTATIONS
 from .train_config import resolve_device
 
@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="digits", metavar="NAME",
                    help="digits (default), mnist, fashion-mnist, cifar10, imagefolder:PATH, or synthetic:HxW / "
                         "synthetic:CxHxW (random images, e.g. synthetic:28x28 for MNIST-shaped data)")
-    g.add_argument("--data-root", default=None, metavar="DIR", help="where torchvision datasets live")
+    g.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where torchvision datasets live (default: $CVAE_BENCH_DATA or ~/.cache/cvae-bench/data)")
     g.add_argument("--batch-size", type=int_list, default=(64,), metavar="B[,B...]",
                    help="batch sizes, comma-separated (default 64)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if present")
@@ -64,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
     t.add_argument("--seed", type=int, default=0, help="seed of the model init and batch order (default 0)")
     o = p.add_argument_group("output")
-    o.add_argument("--json", default=None, metavar="PATH", help="write {machine, calibration, results} as JSON")
+    o.add_argument("--json", default=None, metavar="PATH", help="also write {machine, calibration, results} as JSON (default: none written)")
     o.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     o.add_argument("--experiment", default=EXPERIMENT, metavar="NAME", help=f"MLflow experiment (default {EXPERIMENT})")
@@ -141,6 +142,10 @@ def run_steptime(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise CLIError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
+    if not 0 < args.block_ms < float("inf"):
+        raise CLIError(f"--block-ms {args.block_ms}: must be a finite number of milliseconds > 0")
+    if args.json:
+        check_writable(args.json, "--json")  # before the timing, not after it
     device = resolve_device(args.device).type
     configs = configs_from_args(args, device)
     options = timing_options(args)

@@ -18,8 +18,10 @@ def run_sync(args: argparse.Namespace) -> int:
     try:
         report = sync_spool(uri, spool)
     except Exception as exc:  # noqa: BLE001 -- sorted right below
-        if not is_transient(exc):
-            raise
+        if not is_transient(exc):  # e.g. a URI MLflow cannot use: one line, the spool is kept
+            detail = redact_url(" ".join(str(exc).split()))[:300]
+            raise CLIError(f"cannot send to {redact_url(uri)} ({type(exc).__name__}: {detail}); "
+                           f"what was not sent stays spooled in {spool}") from None
         raise CLIError(f"tracking server {redact_url(uri)} is still unreachable ({type(exc).__name__}); "
                        f"nothing was lost: the rest stays spooled in {spool}") from None
     print(f"cvae-bench sync: sent {report.records} spooled writes from {report.files} file(s) in {spool} "

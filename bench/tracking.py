@@ -58,7 +58,7 @@ def ui_hint(tracking_uri: str) -> str:
 
 
 def make_client(tracking_uri: str) -> "MlflowClient":
-    """An :class:`mlflow.MlflowClient` for ``tracking_uri``.
+    """An :class:`mlflow.MlflowClient` for ``tracking_uri``; a URI MLflow cannot use is a :class:`CLIError`.
 
     MLflow prints "View run ... at <tracking URL>" when a run ends on a server; that URL may hold a
     password, so the printing is switched off (``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``).
@@ -66,8 +66,15 @@ def make_client(tracking_uri: str) -> "MlflowClient":
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    from .cli_errors import CLIError
+
+    try:
+        return MlflowClient(tracking_uri=tracking_uri)
+    except MlflowException as exc:  # an unsupported scheme: a one-line error, not a traceback
+        detail = redact(" ".join(str(exc).split()))[:300]
+        raise CLIError(f"tracking store {redact(tracking_uri)}: {detail}") from None
 
 
 def open_experiment(tracking_uri: str, experiment: str) -> tuple["ResilientClient", str]:

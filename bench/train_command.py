@@ -10,6 +10,7 @@ from pathlib import Path
 
 from models.config import BACKBONES, BETA_SCHEDULES, FLOW_KINDS, LIKELIHOODS, VARIANTS
 
+from .cli_errors import CLIError
 from .datasets import load_dataset
 from .figure_data import fit_figure_data
 from .fit import fit
@@ -28,17 +29,17 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
+def add_data_arguments(p: argparse.ArgumentParser, dataset_default: str = "default") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", metavar="NAME",
-                   help="digits (embedded, default), mnist, fashion-mnist, cifar10, or imagefolder:PATH "
+                   help=f"digits (embedded, {dataset_default}), mnist, fashion-mnist, cifar10, or imagefolder:PATH "
                         "(one sub-folder of images per class)")
     g.add_argument("--data-root", default=None, metavar="DIR",
                    help="where torchvision datasets live (default: $CVAE_BENCH_DATA or ~/.cache/cvae-bench/data)")
     g.add_argument("--download", action="store_true", help="download mnist/fashion-mnist/cifar10 if absent "
                    "(off by default: nothing is fetched unless asked)")
-    g.add_argument("--image-size", type=int, default=None, metavar="PX", help="resize imagefolder images to PX x PX")
-    g.add_argument("--limit", type=int, default=None, metavar="N", help="keep at most N examples per split (quick runs)")
+    g.add_argument("--image-size", type=int, default=None, metavar="PX", help="resize every image to PX x PX (default: native size; needed for imagefolder images of mixed sizes)")
+    g.add_argument("--limit", type=int, default=None, metavar="N", help="keep at most N examples per split, for quick runs (default: all)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,11 +56,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=float, default=None,
                    help="KL weight (beta-cvae default 4; cvae must be 1); for --beta-schedule capacity see --gamma")
     g.add_argument("--beta-schedule", default="constant", choices=BETA_SCHEDULES,
-                   help="constant, linear warm-up, cyclical annealing, or capacity (gamma*|KL-C|)")
-    g.add_argument("--warmup-epochs", type=int, default=10, help="linear schedule: epochs to reach beta")
-    g.add_argument("--cycles", type=int, default=4, help="cyclical schedule: number of cycles")
-    g.add_argument("--gamma", type=float, default=100.0, help="capacity schedule: weight of |KL - C|")
-    g.add_argument("--capacity-max", type=float, default=25.0, help="capacity schedule: final C in nats")
+                   help="constant (default), linear warm-up, cyclical annealing, or capacity (gamma*|KL-C|)")
+    g.add_argument("--warmup-epochs", type=int, default=10, help="linear schedule: epochs to reach beta (default 10)")
+    g.add_argument("--cycles", type=int, default=4, help="cyclical schedule: number of cycles (default 4)")
+    g.add_argument("--gamma", type=float, default=100.0, help="capacity schedule: weight of |KL - C| (default 100)")
+    g.add_argument("--capacity-max", type=float, default=25.0, help="capacity schedule: final C in nats (default 25)")
     g.add_argument("--flow", default=None, choices=(*FLOW_KINDS, "none"), help="flow-cvae: flow type (default planar)")
     g.add_argument("--flow-length", type=int, default=4, metavar="K", help="number of flow layers (default 4)")
 
@@ -154,6 +155,8 @@ def run_train(args: argparse.Namespace) -> int:
     from .tracking import resolve_tracking_uri, ui_hint
 
     check_variant(args.variant)
+    if args.metrics_json:
+        check_writable(args.metrics_json, "--metrics-json")
     tracking = None if args.no_track else TrackingProcess()
     try:
         data = load_data_from_args(args)
@@ -179,16 +182,32 @@ def run_train(args: argparse.Namespace) -> int:
     print("final metrics (nats per example unless named):")
     for key, value in result.final.items():
         print(f"  {key:<22} {value:.4f}")
+    unwritten = None
     if args.metrics_json:
-        Path(args.metrics_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_json).write_text(json.dumps(result.final, indent=2) + "\n")
+        try:
+            Path(args.metrics_json).write_text(json.dumps(result.final, indent=2) + "\n")
+        except OSError as exc:  # the run is still tracked to the end before this is reported
+            unwritten = CLIError(f"--metrics-json {args.metrics_json}: cannot write it ({exc.strerror or exc})")
     if tracking:
         run_id = tracking.finish()
         print(f"tracked as MLflow run {run_id} in experiment {args.experiment!r} "
               f"({ui_hint(resolve_tracking_uri(args.tracking_uri))})")
         if tracking.note:
             print(f"note: {tracking.note}", file=sys.stderr)
+    if unwritten:
+        raise unwritten
     return 0
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail before training, not after it, when the output file ``path`` cannot be written."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None
+    if target.is_dir():
+        raise CLIError(f"{option} {path}: cannot write it (a folder of that name exists)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -201,7 +220,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_training_arguments(p)
     add_tracking_arguments(p, "cvae-bench-train")
     g = p.add_argument_group("output")
-    g.add_argument("--metrics-json", default=None, metavar="PATH", help="write the final metrics as a flat JSON object")
+    g.add_argument("--metrics-json", default=None, metavar="PATH", help="also write the final metrics as a flat JSON object (default: none written)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
     return p

@@ -99,8 +99,9 @@ def study_report(study, client: Any | None) -> Any:
 
     try:
         runs = runs_frame(child_runs(client, parent_id))
-    except MlflowException:
-        return frame  # the parent run lives in another tracking store
+    except MlflowException as exc:  # the parent run lives in another tracking store, or the store is unreachable
+        frame.attrs["mlflow_error"] = " ".join(str(exc).split())[:200]
+        return frame
     return frame.merge(runs, on="number", how="left")
 
 
@@ -115,7 +116,9 @@ def run_report(args: argparse.Namespace) -> int:
     client = None if args.no_track or (store is not None and not store.is_file()) else make_client(uri)
     frame = study_report(study, client)
     if not args.no_track and "run_id" not in frame:
-        print(f"note: no MLflow runs of this study in {_redact(uri)}; Optuna columns only")
+        why = frame.attrs.get("mlflow_error")
+        print(f"note: no MLflow runs of this study in {_redact(uri)}{f' ({_redact(why)})' if why else ''}; "
+              "Optuna columns only")
     shown = [c for c in PRINTED if c in frame] or list(frame.columns)
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 40):
         print(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

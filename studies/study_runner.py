@@ -117,6 +117,7 @@ class StudySpec:
             raise ConfigError(f"seed={self.seed!r}: must be an integer")
         if self.study_name is not None and not self.study_name.strip():
             raise ConfigError("study_name='': must not be empty")
+        resolve_device(self.device)  # an unknown device, or cuda without a GPU, before any trial fails on it
         check_url(self.storage)
 
     @property

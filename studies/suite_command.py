@@ -88,6 +88,8 @@ def load_config(path: str) -> SuiteConfig:
         text = file.read_text()
     except OSError as exc:
         raise CLIError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"--config {path}: cannot read it (not UTF-8 text)") from None
     try:
         if file.suffix == ".toml":
             try:
@@ -231,7 +233,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     f"{DEFAULT_TRIALS} trials x {DEFAULT_EPOCHS} epochs each), then print and log the best trial "
                     "of each side by side. Rerunning resumes the studies.",
         epilog=f"Config keys: {', '.join(config_keys())}.")
-    p.add_argument("--config", default=None, metavar="FILE", help="JSON or TOML file of suite settings")
+    p.add_argument("--config", default=None, metavar="FILE", help="JSON or TOML file of suite settings (default: the settings above; keys below)")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (overrides the config; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--no-track", action="store_true", help="log nothing to MLflow")

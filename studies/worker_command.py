@@ -112,9 +112,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="S",
                    help=f"a running trial beats every S seconds; one silent for 2*S is failed and retried by another "
                         f"worker (default {DEFAULT_HEARTBEAT_S}; use the same value on every worker)")
-    g.add_argument("--timeout", type=float, default=None, metavar="S", help="start no trial after S seconds")
+    g.add_argument("--timeout", type=float, default=None, metavar="S", help="start no trial after S seconds (default: no limit)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_data_arguments(p)
+    add_data_arguments(p, dataset_default="the default for a new study")
     p.set_defaults(dataset=None)  # None: the study's dataset
     add_tracking_arguments(p, None)
     p.set_defaults(func=run_worker)

@@ -113,6 +113,7 @@ BAD_INPUTS = {
     "cvae with beta 4": (["--variant", "cvae", "--beta", "4"], ["beta=4.0"]),
     "conv on 10x10 (not divisible by 4)": (["--backbone", "conv", "--image-size", "10"], ["input_shape=(1, 10, 10)"]),
     "missing imagefolder": (["--dataset", "imagefolder:no/such/dir"], ["no/such/dir"]),
+    "flow-cvae with --flow none": (["--variant", "flow-cvae", "--flow", "none"], ["variant flow-cvae needs a flow"]),
     "unknown backbone (argparse)": (["--backbone", "resnet"], ["--backbone", "resnet"]),
     "bad hidden list (argparse)": (["--hidden", "wide"], ["--hidden", "'wide'"]),
     "diverging loss": (["--lr", "1e10"], ["epoch 1", "step"]),
@@ -132,6 +133,19 @@ def test_bad_input_is_one_line_and_exit_2(isolated, capsys, args, mentions):
     for text in mentions:
         assert text in lines[0]
     assert not out.exists()  # no half-written results
+
+
+@pytest.mark.parametrize("where", ["under-a-file/metrics.json", "a-folder"])
+def test_unwritable_metrics_json_fails_before_training(isolated, capsys, where):
+    (isolated / "under-a-file").write_text("")
+    (isolated / "a-folder").mkdir()
+    code = run_main([*QUICK, "--metrics-json", str(isolated / where)])  # tracked: no run may be left open
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = visible_lines(captured.err)
+    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX) and "--metrics-json" in lines[0], captured.err
+    assert "Traceback" not in captured.err
+    assert "epoch" not in captured.out  # nothing was trained and then thrown away
 
 
 def test_missing_mnist_files_name_the_folder_and_files(isolated, capsys):
@@ -178,3 +192,12 @@ def test_help_exits_0_and_explains_each_option(capsys):
             assert any(s in text for s in action.option_strings)
     for variant in ("cvae", "beta-cvae", "flow-cvae"):
         assert variant in text
+
+
+def test_every_option_with_a_default_states_it_in_its_help():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            if (action.option_strings and action.dest != "help" and not action.required
+                    and action.default not in (None, False)):
+                assert "default" in (action.help or ""), (command, action.option_strings)

@@ -104,10 +104,17 @@ def test_update_rewrites_values_and_keeps_tolerances(shipped, tmp_path, capsys):
     ({"tolerances": {m: {"abs": 0.1} for m in METRICS}, "variants": {"vae": {}}}, "unknown variant"),
     ({"tolerances": {m: {"abs": -1} for m in METRICS}, "variants": {"cvae": {}}}, "tolerances.test_neg_elbo"),
     ({"tolerances": {m: {"abs": 0.1} for m in METRICS}, "variants": {"cvae": {"test_kl": 1.0}}}, "needs finite"),
+    (b"\xff\xfe\x00binary", "not UTF-8 text"),
+    ({"protocol": {"threads": 0}, "tolerances": {m: {"abs": 0.1} for m in METRICS},
+      "variants": {"cvae": {m: 1.0 for m in METRICS}}}, "protocol.threads=0 must be an integer >= 1"),
+    ({"protocol": {"seed": "a"}, "tolerances": {m: {"abs": 0.1} for m in METRICS},
+      "variants": {"cvae": {m: 1.0 for m in METRICS}}}, "protocol.seed='a' must be an integer >= 0"),
 ])
 def test_bad_baseline_is_one_line_exit_2(tmp_path, capsys, content, message):
     path = tmp_path / "b.json"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content if isinstance(content, str) else json.dumps(content))
     assert main(["regress", "--baseline", str(path)]) == 2
     err = capsys.readouterr().err

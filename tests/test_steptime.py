@@ -215,12 +215,16 @@ def test_steptime_command_writes_json_with_the_seed_loop_column(tmp_path, capsys
     (["--variant", "vae"], "variant='vae'"),
     (["--dataset", "synthetic:28"], "synthetic:HxW"),
     (["--device", "cpu", "--repeats", "0"], "repeats=0"),
+    (["--device", "cpu", "--block-ms", "nan"], "--block-ms nan: must be a finite number of milliseconds > 0"),
+    (["--device", "cpu", "--block-ms", "0"], "--block-ms 0.0: must be a finite"),
+    (["--device", "cpu", "--json", "/dev/null/steptime.json"], "--json /dev/null/steptime.json: cannot write it"),
 ])
 def test_steptime_command_bad_input_is_one_line_exit_2(argv, message, capsys):
     code = main(["steptime", "--no-track", *argv])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2
     assert message in err and err.count("\n") == 1
+    assert "calibration" not in out  # rejected before anything was timed
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from bench.figures import FIGURE_FILES
@@ -192,6 +193,11 @@ def test_report_joins_trials_with_their_runs(main_study, tmp_path, capsys):
     assert main(["report", "--study-name", "nope", "--storage", main_study.storage]) == 2
     err = capsys.readouterr().err
     assert "no study named 'nope'" in err and "t-main" in err
+    # A tracking server that cannot be reached: the Optuna columns, and a note that says why no runs
+    assert main(["report", "--study-name", "t-main", "--storage", main_study.storage, "--tracking-uri",
+                 "http://127.0.0.1:9", "--csv", str(csv)]) == 0
+    note = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("note:"))
+    assert "http://127.0.0.1:9 (API request" in note and "failed" in note, note
 
 
 # -- rate-distortion ---------------------------------------------------------------------------
@@ -378,7 +384,26 @@ def test_suite_config_errors_are_one_line(tmp_path, capsys):
     toml.write_text('trials = "many"\n')
     assert main(["suite", "--config", str(toml)]) == 2
     assert "trials='many' must be an integer" in capsys.readouterr().err
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    assert main(["suite", "--config", str(binary)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot read it (not UTF-8 text)" in err
     assert not list(tmp_path.glob("*.db"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unusable_device_is_one_line_before_any_trial(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "gpu.json"
+    config.write_text(json.dumps({"device": "gpu", "trials": 2, "epochs": 1}))
+    assert main(["suite", "--config", str(config), "--no-track", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "device='gpu': must be one of auto, cpu, cuda" in err
+    assert main(["study", "--device", "cuda", "--trials", "2", "--epochs", "1", "--no-track", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA device is available" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.db"))  # no study with failed trials was made
 
 
 # -- cvae-bench worker ---------------------------------------------------------------------------

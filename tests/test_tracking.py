@@ -59,6 +59,23 @@ def test_redaction_masks_passwords_in_urls_and_text():
     assert ui_hint("sqlite:///m.db") == "mlflow ui --backend-store-uri sqlite:///m.db"
 
 
+@pytest.mark.parametrize("argv", [["sync", "--spool-dir", "spool"],
+                                  ["compare", "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"],
+                                  ["steptime", "--repeats", "1", "--block-ms", "1", "--warmup", "1"]],
+                         ids=["sync", "compare", "steptime"])
+def test_an_unusable_tracking_uri_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv):
+    from bench.cli_errors import CLIError
+    from studies.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CLIError, match=r"tracking store foo://u:\*\*\*@host"):
+        make_client("foo://u:s3cret@host/x")
+    assert main([*argv, "--tracking-uri", "foo://u:s3cret@host/x"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "s3cret" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"cvae-bench {argv[0]}: error:"), err
+
+
 # -- RunTracker ----------------------------------------------------------------------------------
 
 def test_run_tracker_logs_batches_through_one_seam(client, experiment_id, monkeypatch):
