@@ -14,6 +14,7 @@ from .cli_errors import CLIError
 from .datasets import load_dataset
 from .figure_data import fit_figure_data
 from .fit import fit
+from .posterior_collapse import collapse_note
 from .presets import check_variant, model_config
 from .tracking_process import TrackingProcess
 from .train_config import TrainConfig
@@ -182,6 +183,9 @@ def run_train(args: argparse.Namespace) -> int:
     print("final metrics (nats per example unless named):")
     for key, value in result.final.items():
         print(f"  {key:<22} {value:.4f}")
+    collapsed = collapse_note(result.final)
+    if collapsed:
+        print(f"note: {collapsed}")
     unwritten = None
     if args.metrics_json:
         try:

@@ -1,7 +1,7 @@
 """``cvae-bench suite``: the main job. A short study of every variant, then one comparison table.
 
 By default: on ``digits``, a :data:`DEFAULT_TRIALS`-trial, :data:`DEFAULT_EPOCHS`-epoch study of
-each of ``cvae``, ``beta-cvae`` and ``flow-cvae`` (about two minutes on a 2-core CPU), then the best
+each of ``cvae``, ``beta-cvae`` and ``flow-cvae`` (about 1.5 minutes on a 2-core CPU), then the best
 trial of each variant side by side, printed and logged to MLflow (a ``suite-summary`` run holding
 the table as CSV and Markdown and its numbers as metrics ``<variant>/<metric>``).
 
@@ -151,6 +151,18 @@ def summary_row(spec, outcome) -> dict[str, Any]:
     return row
 
 
+def collapse_notes(frame) -> list[str]:
+    """``variant: <note>`` for each variant whose best trial has collapsed (see bench.posterior_collapse)."""
+    from bench.posterior_collapse import collapse_note
+
+    notes = []
+    for row in frame.to_dict("records"):
+        note = collapse_note({"test_active_units": row["test_active_units"], "test_kl": row["test_kl"]})
+        if note:
+            notes.append(f"{row['variant']} (trial {row['trial']}): {note}")
+    return notes
+
+
 def format_table(frame) -> str:
     """A Markdown table of the summary (numbers to 3 decimals; samples/s and active units as integers)."""
     cols = list(frame.columns)
@@ -215,6 +227,8 @@ def run_suite(args: argparse.Namespace) -> int:
     print(f"\nbest trial per variant on {data.name} (nats per example; test_cond_acc: fraction; "
           f"suite took {time.perf_counter() - start:.0f} s):")
     print(table)
+    for note in collapse_notes(frame):
+        print(f"note: {note}")
     if config.track:
         run_id = log_summary(config, frame, table)
         uri = resolve_tracking_uri(config.tracking_uri)
