@@ -38,6 +38,20 @@ def store(tmp_path, monkeypatch):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+@pytest.fixture
+def started(monkeypatch) -> list[TrackingProcess]:
+    """The tracking processes ``train`` starts, in order (``train_command.TrackingProcess`` records them)."""
+    processes: list[TrackingProcess] = []
+
+    class Recorded(TrackingProcess):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            processes.append(self)
+
+    monkeypatch.setattr(train_command, "TrackingProcess", Recorded)
+    return processes
+
+
 def only_run(uri: str, experiment: str = "t"):
     client = make_client(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -223,20 +237,12 @@ def test_interrupt_ends_the_run_killed(store, monkeypatch):
 
 
 @slow
-def test_dead_tracking_process_keeps_the_results_and_fails_in_one_line(store, tmp_path, monkeypatch, capsys):
-    started: list[TrackingProcess] = []
-
-    class Recorded(TrackingProcess):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            started.append(self)
-
+def test_dead_tracking_process_keeps_the_results_and_fails_in_one_line(store, tmp_path, monkeypatch, capsys, started):
     def kill_tracking(self, epoch, metrics):
         if epoch == 1:
             started[0].proc.kill()
             started[0].proc.wait()
 
-    monkeypatch.setattr(train_command, "TrackingProcess", Recorded)
     monkeypatch.setattr(train_command.EpochTable, "__call__", kill_tracking)
     out = tmp_path / "m.json"
     assert main([*QUICK, "--tracking-uri", store, "--experiment", "t", "--metrics-json", str(out)]) == 2
@@ -247,7 +253,7 @@ def test_dead_tracking_process_keeps_the_results_and_fails_in_one_line(store, tm
 
 
 @slow
-def test_store_failing_mid_run_keeps_the_results_and_fails_in_one_line(store, tmp_path, monkeypatch, capsys):
+def test_store_failing_mid_run_keeps_the_results_and_fails_in_one_line(store, tmp_path, monkeypatch, capsys, started):
     db = tmp_path / "mlflow.db"
 
     def corrupt_store(self, epoch, metrics):
@@ -258,14 +264,6 @@ def test_store_failing_mid_run_keeps_the_results_and_fails_in_one_line(store, tm
             with open(db, "r+b") as fh:  # same inode: the child's connection sees it
                 fh.write(b"not a database" * 512)
 
-    started: list[TrackingProcess] = []
-
-    class Recorded(TrackingProcess):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            started.append(self)
-
-    monkeypatch.setattr(train_command, "TrackingProcess", Recorded)
     monkeypatch.setattr(train_command.EpochTable, "__call__", corrupt_store)
     out = tmp_path / "m.json"
     assert main([*QUICK, "--tracking-uri", store, "--experiment", "t", "--metrics-json", str(out)]) == 2
@@ -336,7 +334,7 @@ def test_killed_train_process_leaves_the_run_killed(store, tmp_path):
 
 
 @slow
-def test_server_down_at_the_end_spools_the_run_and_says_so(tmp_path, monkeypatch, capsys):
+def test_server_down_at_the_end_spools_the_run_and_says_so(tmp_path, monkeypatch, capsys, started):
     """The tracking process inherits RunTracker's spool: writes held until the end, when the server is
     gone, are spooled; train says so, exits 0, and `cvae-bench sync` completes the run later."""
     from local_services import MlflowServer
@@ -346,13 +344,6 @@ def test_server_down_at_the_end_spools_the_run_and_says_so(tmp_path, monkeypatch
     server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "server.log")
     server.start()
     try:
-        started: list[TrackingProcess] = []
-
-        class Recorded(TrackingProcess):
-            def __init__(self, **kwargs):
-                super().__init__(**kwargs)
-                started.append(self)
-
         def stop_server(self, epoch, metrics):
             if epoch == 2:  # once the run exists: a server down at the start is a bad store (exit 2)
                 deadline = time.monotonic() + 60
@@ -360,7 +351,6 @@ def test_server_down_at_the_end_spools_the_run_and_says_so(tmp_path, monkeypatch
                     time.sleep(0.05)
                 server.stop()
 
-        monkeypatch.setattr(train_command, "TrackingProcess", Recorded)
         monkeypatch.setattr(train_command.EpochTable, "__call__", stop_server)
         assert main([*QUICK, "--tracking-uri", server.uri, "--experiment", "t"]) == 0
         captured = capsys.readouterr()
