@@ -84,7 +84,7 @@ def sweep_configs(plan: SweepPlan, device: str) -> list[StepTimeConfig]:
 
 def adam_contrast(variant: str, batch: int, device: str, amp: str, compile: bool,
                   cuda_graphs: bool) -> list[StepTimeConfig]:
-    """The fastest mode of the seed preset at batch 64 once more with torch's default Adam.
+    """The seed preset at batch 64 in this mode once more, with torch's default Adam.
 
     The harness runs fused Adam; this row shows what that choice is worth where steps are shortest.
     """

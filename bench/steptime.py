@@ -224,8 +224,8 @@ class StepTimeConfig:
     adam: str = ""
 
     def __post_init__(self) -> None:
-        if not self.adam:  # the seed article's optim.Adam for its loop, the harness's fused Adam otherwise
-            object.__setattr__(self, "adam", "default" if self.loop == "seed-loop" else "fused")
+        if not self.adam:
+            object.__setattr__(self, "adam", usual_adam(self.loop))
         if self.adam not in ADAM_IMPLEMENTATIONS:
             raise ConfigError(f"adam={self.adam!r}: must be one of {', '.join(ADAM_IMPLEMENTATIONS)}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
@@ -322,12 +322,16 @@ class StepTimeResult:
         return {"name": self.name, **asdict(self)}
 
 
+def usual_adam(loop: str) -> str:
+    """The seed article's ``optim.Adam`` (torch's default) for the seed loop, fused Adam for the others."""
+    return "default" if loop == "seed-loop" else "fused"
+
+
 def result_name(loop: str, variant: str, dataset: str, batch_size: int, device: str, mode: str, amp: str,
                 adam: str = "") -> str:
     """``loop:variant/dataset/bB/device/mode/precision``, plus ``/adam-IMPL`` when a loop runs the other Adam."""
     precision = "bf16" if amp == "bf16" else "fp32"
-    usual = "default" if loop == "seed-loop" else "fused"
-    suffix = f"/adam-{adam}" if adam and adam != usual else ""
+    suffix = f"/adam-{adam}" if adam and adam != usual_adam(loop) else ""
     return f"{loop}:{variant}/{dataset}/b{batch_size}/{device}/{mode}/{precision}{suffix}"
 
 
@@ -617,7 +621,8 @@ def table_rows(results: list[StepTimeResult]) -> list[list[str]]:
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
-    return [[r.loop, r.variant, r.dataset, str(r.batch_size), r.device, r.mode, "bf16" if r.amp == "bf16" else "fp32", r.adam,
+    return [[r.loop, r.variant, r.dataset, str(r.batch_size), r.device, r.mode, "bf16" if r.amp == "bf16" else "fp32",
+             r.adam,
              fmt(r.median_ms, ".3f"), fmt(r.iqr_ms, ".3f"), fmt(r.samples_per_s, ",.0f"), fmt(r.peak_mem_mb, ".1f"),
              fmt(r.tflops, ".4f"), fmt(r.speedup, ".2f") + ("x" if r.speedup is not None else "")]
             for r in results]

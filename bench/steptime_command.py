@@ -65,7 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
     t.add_argument("--seed", type=int, default=0, help="seed of the model init and batch order (default 0)")
     o = p.add_argument_group("output")
-    o.add_argument("--json", default=None, metavar="PATH", help="also write {machine, calibration, results} as JSON (default: none written)")
+    o.add_argument("--json", default=None, metavar="PATH",
+                   help="also write {machine, calibration, results} as JSON (default: none written)")
     o.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     o.add_argument("--experiment", default=EXPERIMENT, metavar="NAME", help=f"MLflow experiment (default {EXPERIMENT})")
@@ -120,8 +121,9 @@ def log_to_mlflow(results: list[StepTimeResult], calibration: dict[str, Any], tr
             with RunTracker.start(client, experiment_id, r.name, tags=tags) as tracker:
                 tracker.log_params({"variant": r.variant, "dataset": r.dataset, "batch_size": r.batch_size,
                                     "device": r.device, "loop": r.loop, "mode": r.mode, "compile": r.compile,
-                                    "amp": r.amp, "cuda_graphs": r.cuda_graphs, "adam": r.adam, "steps_per_block": r.steps_per_block,
-                                    "repeats": r.repeats, "peak_mem_source": r.peak_mem_source,
+                                    "amp": r.amp, "cuda_graphs": r.cuda_graphs, "adam": r.adam,
+                                    "steps_per_block": r.steps_per_block, "repeats": r.repeats,
+                                    "peak_mem_source": r.peak_mem_source,
                                     "calibration_workload": cal["workload"] if cal else "none"})
                 metrics = {"median_ms": r.median_ms, "iqr_ms": r.iqr_ms, "samples_per_s": r.samples_per_s,
                            "peak_mem_mb": r.peak_mem_mb, "tflops": r.tflops, "flops_per_step": float(r.flops_per_step)}

@@ -39,8 +39,11 @@ def add_data_arguments(p: argparse.ArgumentParser, dataset_default: str = "defau
                    help="where torchvision datasets live (default: $CVAE_BENCH_DATA or ~/.cache/cvae-bench/data)")
     g.add_argument("--download", action="store_true", help="download mnist/fashion-mnist/cifar10 if absent "
                    "(off by default: nothing is fetched unless asked)")
-    g.add_argument("--image-size", type=int, default=None, metavar="PX", help="resize every image to PX x PX (default: native size; needed for imagefolder images of mixed sizes)")
-    g.add_argument("--limit", type=int, default=None, metavar="N", help="keep at most N examples per split, for quick runs (default: all)")
+    g.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="resize every image to PX x PX (default: native size; needed for imagefolder images of "
+                        "mixed sizes)")
+    g.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="keep at most N examples per split, for quick runs (default: all)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -224,7 +227,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_training_arguments(p)
     add_tracking_arguments(p, "cvae-bench-train")
     g = p.add_argument_group("output")
-    g.add_argument("--metrics-json", default=None, metavar="PATH", help="also write the final metrics as a flat JSON object (default: none written)")
+    g.add_argument("--metrics-json", default=None, metavar="PATH",
+                   help="also write the final metrics as a flat JSON object (default: none written)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
     return p

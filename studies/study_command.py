@@ -54,7 +54,8 @@ def add_study_arguments(p: argparse.ArgumentParser, *, trials_default: int = 20,
     g.add_argument("--pruner", default=None, choices=PRUNER_CHOICES,
                    help="default median for neg-elbo, none for rate-distortion")
     g.add_argument("--sampler", default="tpe", choices=SAMPLER_CHOICES, help="default tpe")
-    g.add_argument("--timeout", type=float, default=None, metavar="S", help="start no trial after S seconds (default: no limit)")
+    g.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="start no trial after S seconds (default: no limit)")
     g.add_argument("--jobs", type=int, default=1, metavar="J", help="trials run side by side in threads (default 1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the data split, the models and the sampler (default 0)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if present")

@@ -157,7 +157,7 @@ def collapse_notes(frame) -> list[str]:
 
     notes = []
     for row in frame.to_dict("records"):
-        note = collapse_note({"test_active_units": row["test_active_units"], "test_kl": row["test_kl"]})
+        note = collapse_note(row)
         if note:
             notes.append(f"{row['variant']} (trial {row['trial']}): {note}")
     return notes
@@ -247,7 +247,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     f"{DEFAULT_TRIALS} trials x {DEFAULT_EPOCHS} epochs each), then print and log the best trial "
                     "of each side by side. Rerunning resumes the studies.",
         epilog=f"Config keys: {', '.join(config_keys())}.")
-    p.add_argument("--config", default=None, metavar="FILE", help="JSON or TOML file of suite settings (default: the settings above; keys below)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="JSON or TOML file of suite settings (default: the settings above; keys below)")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (overrides the config; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--no-track", action="store_true", help="log nothing to MLflow")

@@ -23,7 +23,6 @@ from .storage import DEFAULT_HEARTBEAT_S
 from .study_command import OBJECTIVE_CHOICES, PRUNER_CHOICES, SAMPLER_CHOICES
 
 
-
 def study_options() -> tuple[str, ...]:
     """Options that define the study (those it stores); None on the command line means "the study's value"."""
     from .study_runner import FIXED_ATTRS, SPEC_ATTRS  # imports torch: not at parser build time
@@ -112,7 +111,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="S",
                    help=f"a running trial beats every S seconds; one silent for 2*S is failed and retried by another "
                         f"worker (default {DEFAULT_HEARTBEAT_S}; use the same value on every worker)")
-    g.add_argument("--timeout", type=float, default=None, metavar="S", help="start no trial after S seconds (default: no limit)")
+    g.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="start no trial after S seconds (default: no limit)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_data_arguments(p, dataset_default="the default for a new study")
     p.set_defaults(dataset=None)  # None: the study's dataset
