@@ -236,6 +236,18 @@ def test_interrupt_ends_the_run_killed(store, monkeypatch):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_kl")] == [1]
 
 
+def train_with_tracking_failing(store, tmp_path, monkeypatch, capsys, on_epoch) -> str:
+    """``train`` with ``on_epoch(self, epoch, metrics)`` breaking tracking: it exits 2 yet prints and writes
+    every final metric; returns its one line of stderr."""
+    monkeypatch.setattr(train_command.EpochTable, "__call__", on_epoch)
+    out = tmp_path / "m.json"
+    assert main([*QUICK, "--tracking-uri", store, "--experiment", "t", "--metrics-json", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "final metrics" in captured.out and set(json.loads(out.read_text())) == set(DIGITS_FINAL)
+    (line,) = error_lines(captured.err)
+    return line
+
+
 @slow
 def test_dead_tracking_process_keeps_the_results_and_fails_in_one_line(store, tmp_path, monkeypatch, capsys, started):
     def kill_tracking(self, epoch, metrics):
@@ -243,12 +255,7 @@ def test_dead_tracking_process_keeps_the_results_and_fails_in_one_line(store, tm
             started[0].proc.kill()
             started[0].proc.wait()
 
-    monkeypatch.setattr(train_command.EpochTable, "__call__", kill_tracking)
-    out = tmp_path / "m.json"
-    assert main([*QUICK, "--tracking-uri", store, "--experiment", "t", "--metrics-json", str(out)]) == 2
-    captured = capsys.readouterr()
-    assert "final metrics" in captured.out and set(json.loads(out.read_text())) == set(DIGITS_FINAL)
-    (line,) = error_lines(captured.err)
+    line = train_with_tracking_failing(store, tmp_path, monkeypatch, capsys, kill_tracking)
     assert line.startswith(ERROR_PREFIX) and "tracking process exited with status -9" in line
 
 
@@ -264,12 +271,7 @@ def test_store_failing_mid_run_keeps_the_results_and_fails_in_one_line(store, tm
             with open(db, "r+b") as fh:  # same inode: the child's connection sees it
                 fh.write(b"not a database" * 512)
 
-    monkeypatch.setattr(train_command.EpochTable, "__call__", corrupt_store)
-    out = tmp_path / "m.json"
-    assert main([*QUICK, "--tracking-uri", store, "--experiment", "t", "--metrics-json", str(out)]) == 2
-    captured = capsys.readouterr()
-    assert "final metrics" in captured.out and set(json.loads(out.read_text())) == set(DIGITS_FINAL)
-    (line,) = error_lines(captured.err)
+    line = train_with_tracking_failing(store, tmp_path, monkeypatch, capsys, corrupt_store)
     assert line.startswith(ERROR_PREFIX) and f"MLflow run {started[0].run_id} is incomplete" in line
 
 
