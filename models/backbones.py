@@ -8,8 +8,8 @@ likelihood parameters (B, P, D), D = C*H*W.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch
+from torch import Tensor, nn
 
 
 def mlp(widths: list[int]) -> nn.Sequential:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .config import BetaConfig
+from models.config import BetaConfig
 
 
 def beta_at(cfg: BetaConfig, epoch: float, total_epochs: int) -> float:

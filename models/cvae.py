@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from .config import CVAEConfig
-from .gaussian import kl_standard_normal, log_normal, log_standard_normal, reparameterize
-from .latent_flow import build_flow
-from .likelihoods import build_likelihood
+from models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from models.config import CVAEConfig
+from models.flows import build_flow
+from models.gaussian import kl_standard_normal, log_normal, log_standard_normal, reparameterize
+from models.likelihoods import build_likelihood
 
 
 @dataclass

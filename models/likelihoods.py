@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gaussian import LOG_2PI
+from models.gaussian import LOG_2PI
 
 
 class Likelihood(nn.Module):

@@ -1,4 +1,4 @@
-"""One Optuna trial = one :func:`bench.fit.fit` run = one MLflow child run of the study's parent run.
+"""One Optuna trial = one :func:`bench.training.loop.fit` run = one MLflow child run of the study's parent run.
 
 Objectives (nats per example, on the validation split, last epoch):
 
@@ -23,13 +23,12 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
-from bench.datasets import DataSplits
-from bench.fit import NonFiniteLossError, fit
-from bench.presets import model_config
-from bench.tracking import NullTracker, RunTracker, config_params, log_fit_result, run_tags
-from bench.train_config import TrainConfig
-
-from .search_space import suggest
+from bench.data.datasets import DataSplits
+from bench.tracking import NullTracker, RunTracker, config_params, log_fit, run_tags
+from bench.training.config import TrainConfig
+from bench.training.loop import NonFiniteLossError, fit
+from bench.training.presets import model_config
+from studies.search_space import suggest
 
 #: Which process ran a trial (host:pid): a trial user attribute and a tag of its run.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -114,7 +113,7 @@ class Objective:
             callbacks += self.make_callbacks(trial)
         try:
             result = fit(model_cfg, train_cfg, self.data, callbacks=callbacks, progress=False)
-            log_fit_result(tracker, result)
+            log_fit(tracker, result)
         except optuna.TrialPruned as exc:
             self._end(trial, tracker, "PRUNED", "KILLED", str(exc))
             raise

@@ -22,10 +22,9 @@ from typing import Callable
 
 import optuna
 
-from bench.cli_errors import CLIError
-from bench.redaction import redact_url
-
-from .study_lock import study_lock
+from bench.errors import CLIError
+from bench.tracking.redaction import redact_url
+from studies.lock import study_lock
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 #: Seconds between heartbeats of a running trial; it is failed after 2x this without one.

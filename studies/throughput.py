@@ -32,9 +32,8 @@ from pathlib import Path
 
 import optuna
 
-from bench.redaction import redact_url
-
-from .storage import open_storage
+from bench.tracking.redaction import redact_url
+from studies.storage import open_storage
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:

@@ -2,7 +2,7 @@
 
 ``--trials N`` means the total wanted, not the number this process runs: a rerun after an
 interruption only runs what is missing, and N workers on one study stop together. Each round a
-worker takes the study lock (``studies.study_lock``), fails stale trials (heartbeat), counts
+worker takes the study lock (``studies.lock``), fails stale trials (heartbeat), counts
 finished (COMPLETE, PRUNED) and running trials, and only if there is room asks Optuna for the next
 trial -- a retry of a failed trial first, since ``study.ask`` pops WAITING trials before sampling.
 The lock is released as soon as the trial exists (the objective's first act), so trials run in
@@ -21,7 +21,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from .study_lock import StudyLock
+from studies.lock import StudyLock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -17,8 +17,8 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def digits():
-    """scikit-learn's 8x8 digits as :class:`bench.datasets.DataSplits` (1437/180/180, CPU)."""
-    from bench.datasets import load_dataset
+    """scikit-learn's 8x8 digits as :class:`bench.data.datasets.DataSplits` (1437/180/180, CPU)."""
+    from bench.data.datasets import load_dataset
 
     return load_dataset("digits")
 

@@ -1,0 +1,114 @@
+"""Argument groups and option types shared by the commands (bench's and the studies'), and the parser class.
+
+Nothing here imports torch or MLflow: building every parser for ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.errors import CLIError
+from models.config import BACKBONES, BETA_SCHEDULES, FLOW_KINDS, LIKELIHOODS, VARIANTS
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but errors are a single line (plus a pointer to --help) and exit 2."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("needs at least one integer")
+    return values
+
+
+def device_name(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; whether that device exists is checked when it is used."""
+    head, _, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def add_device_argument(g, help: str = "auto (default: cuda if present), cpu, cuda or cuda:N") -> None:
+    g.add_argument("--device", default="auto", type=device_name, metavar="DEVICE", help=help)
+
+
+def add_data_arguments(p: argparse.ArgumentParser, dataset_default: str = "default") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits", metavar="NAME",
+                   help=f"digits (embedded, {dataset_default}), mnist, fashion-mnist, cifar10, or imagefolder:PATH "
+                        "(one sub-folder of images per class)")
+    g.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where torchvision datasets live (default: $CVAE_BENCH_DATA or ~/.cache/cvae-bench/data)")
+    g.add_argument("--download", action="store_true", help="download mnist/fashion-mnist/cifar10 if absent "
+                   "(off by default: nothing is fetched unless asked)")
+    g.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="resize every image to PX x PX (default: native size; needed for imagefolder images of "
+                        "mixed sizes)")
+    g.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="keep at most N examples per split, for quick runs (default: all)")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--variant", default="cvae", help=f"one of {', '.join(VARIANTS)} (default cvae)")
+    g.add_argument("--backbone", default="mlp", choices=BACKBONES, help="encoder/decoder type (default mlp)")
+    g.add_argument("--hidden", type=int_list, default=(128,), metavar="W[,W...]",
+                   help="hidden layer widths, comma-separated (default 128: the seed preset)")
+    g.add_argument("--latent-dim", type=int, default=32, metavar="L", help="latent size (default 32)")
+    g.add_argument("--likelihood", default=None, choices=LIKELIHOODS,
+                   help="p(x|z,c); default: bernoulli for grey images, logistic (8-bit, bits/dim) for RGB")
+    g.add_argument("--binarize", action="store_true", help="dynamic binarisation of targets (bernoulli only)")
+    g.add_argument("--learn-scale", action="store_true", help="gaussian likelihood with a learned per-pixel scale")
+    g.add_argument("--beta", type=float, default=None,
+                   help="KL weight (beta-cvae default 4; cvae must be 1); for --beta-schedule capacity see --gamma")
+    g.add_argument("--beta-schedule", default="constant", choices=BETA_SCHEDULES,
+                   help="constant (default), linear warm-up, cyclical annealing, or capacity (gamma*|KL-C|)")
+    g.add_argument("--warmup-epochs", type=int, default=10, help="linear schedule: epochs to reach beta (default 10)")
+    g.add_argument("--cycles", type=int, default=4, help="cyclical schedule: number of cycles (default 4)")
+    g.add_argument("--gamma", type=float, default=100.0, help="capacity schedule: weight of |KL - C| (default 100)")
+    g.add_argument("--capacity-max", type=float, default=25.0, help="capacity schedule: final C in nats (default 25)")
+    g.add_argument("--flow", default=None, choices=(*FLOW_KINDS, "none"), help="flow-cvae: flow type (default planar)")
+    g.add_argument("--flow-length", type=int, default=4, metavar="K", help="number of flow layers (default 4)")
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    g.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    g.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm, 0 = off (default)")
+    g.add_argument("--seed", type=int, default=0, help="random seed; CPU runs are reproducible (default 0)")
+    add_device_argument(g)
+    g.add_argument("--iw-samples", type=int, default=100, help="k of the importance-weighted test bound (default 100)")
+    g.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (default none)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the forward and loss")
+
+
+def add_tracking_arguments(p: argparse.ArgumentParser, default_experiment: str | None) -> None:
+    g = p.add_argument_group("tracking (MLflow)")
+    g.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    g.add_argument("--experiment", default=default_experiment, metavar="NAME",
+                   help=f"MLflow experiment (default {default_experiment or 'the study name'})")
+    g.add_argument("--no-track", action="store_true", help="log nothing to MLflow")
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail before training, not after it, when the output file ``path`` cannot be written."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None
+    if target.is_dir():
+        raise CLIError(f"{option} {path}: cannot write it (a folder of that name exists)")

@@ -1,0 +1,154 @@
+"""``cvae-bench train``: train one configuration, print a per-epoch table and the final metrics."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from bench.cli.arguments import (
+    add_data_arguments,
+    add_model_arguments,
+    add_tracking_arguments,
+    add_training_arguments,
+    check_writable,
+)
+from bench.data.datasets import load_dataset
+from bench.errors import CLIError
+from bench.evaluation.posterior_collapse import collapse_note
+from bench.tracking.finished_fit import log_fit
+from bench.tracking.process import TrackingProcess
+from bench.training.config import TrainConfig
+from bench.training.loop import fit
+from bench.training.presets import check_variant, model_config
+
+
+def configs_from_args(args: argparse.Namespace, data):
+    """(CVAEConfig, TrainConfig) from parsed arguments; raises ConfigError on bad values."""
+    model_cfg = model_config(
+        args.variant, data, backbone=args.backbone, hidden=args.hidden, latent_dim=args.latent_dim,
+        likelihood=args.likelihood, beta=args.beta, beta_schedule=args.beta_schedule, flow=args.flow,
+        flow_length=args.flow_length, binarize=args.binarize, learn_scale=args.learn_scale,
+        warmup_epochs=args.warmup_epochs, cycles=args.cycles, gamma=args.gamma, capacity_max=args.capacity_max)
+    train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
+                            device=args.device, iw_samples=args.iw_samples, amp=args.amp, compile=args.compile)
+    return model_cfg, train_cfg
+
+
+def load_data_from_args(args: argparse.Namespace):
+    return load_dataset(args.dataset, args.data_root, download=args.download, image_size=args.image_size,
+                        seed=args.seed, limit=args.limit)
+
+
+def data_options(args: argparse.Namespace, data) -> dict:
+    """The data arguments of a run as MLflow params (the split sizes included)."""
+    return {"dataset": data.name, "limit": args.limit or "none", "image_size": args.image_size or "native",
+            "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
+
+
+def start_tracking(tracking: TrackingProcess, args: argparse.Namespace, model_cfg, train_cfg, data, run_name: str,
+                   **tags) -> None:
+    """Have ``tracking`` create the run: its tags (:func:`bench.tracking.run_tracker.run_tags`) and the resolved
+    configuration as params (:func:`bench.tracking.run_tracker.config_params`)."""
+    from bench.tracking import config_params, resolve_tracking_uri, run_tags
+
+    tracking.start_run(resolve_tracking_uri(args.tracking_uri), args.experiment, run_name,
+                       tags=run_tags(model_cfg, data, train_cfg.resolve_device(), **tags),
+                       params=config_params(model_cfg, train_cfg, data_options(args, data)))
+
+
+def format_row(values: list, widths: list[int]) -> str:
+    return "  ".join(f"{v:>{w}.3f}" if isinstance(v, float) else f"{v!s:>{w}}" for v, w in zip(values, widths))
+
+
+class EpochTable:
+    """Prints one row per epoch: the recon/KL trade-off side by side."""
+
+    COLUMNS = ("epoch", "train_recon", "train_kl", "val_recon", "val_kl", "val_neg_elbo", "beta", "step_ms",
+               "samples_per_s")
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
+        self.widths = [max(len(c), 9) for c in self.COLUMNS]
+        print(format_row(list(self.COLUMNS), self.widths), file=self.stream, flush=True)
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        from tqdm.auto import tqdm
+        row = format_row([epoch, *(float(metrics[c]) for c in self.COLUMNS[1:])], self.widths)
+        tqdm.write(row, file=self.stream)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, print the table and final metrics; with tracking, log the run from a tracking process.
+
+    The tracking process (:mod:`bench.tracking.process`) starts first, so that importing MLflow and
+    opening the store overlap loading the data and training. A store that cannot be opened stops the
+    command at the next epoch with a one-line error (exit 2); a tracking failure after the run exists
+    lets training finish, print and write its results, then fails the same way.
+    """
+    from bench.tracking import resolve_tracking_uri, ui_hint
+
+    check_variant(args.variant)
+    if args.metrics_json:
+        check_writable(args.metrics_json, "--metrics-json")
+    tracking = None if args.no_track else TrackingProcess()
+    try:
+        data = load_data_from_args(args)
+        model_cfg, train_cfg = configs_from_args(args, data)
+        print(f"cvae-bench train: {model_cfg.variant} on {data.name} ({len(data.train)}/{len(data.val)}/"
+              f"{len(data.test)} train/val/test, likelihood {model_cfg.likelihood}, "
+              f"device {train_cfg.resolve_device()})")
+        if tracking:
+            start_tracking(tracking, args, model_cfg, train_cfg, data, f"{model_cfg.variant}-{data.name}",
+                           command="train")
+    except BaseException:
+        if tracking:
+            tracking.abandon()
+        raise
+    with tracking or contextlib.nullcontext():
+        result = fit(model_cfg, train_cfg, data, callbacks=[EpochTable(), *filter(None, [tracking])],
+                     progress=not args.no_progress)
+        if tracking:
+            # Figures are computed while the tracking process writes the epochs it held back.
+            log_fit(tracking, result)
+    print("final metrics (nats per example unless named):")
+    for key, value in result.final.items():
+        print(f"  {key:<22} {value:.4f}")
+    collapsed = collapse_note(result.final)
+    if collapsed:
+        print(f"note: {collapsed}")
+    unwritten = None
+    if args.metrics_json:
+        try:
+            Path(args.metrics_json).write_text(json.dumps(result.final, indent=2) + "\n")
+        except OSError as exc:  # the run is still tracked to the end before this is reported
+            unwritten = CLIError(f"--metrics-json {args.metrics_json}: cannot write it ({exc.strerror or exc})")
+    if tracking:
+        run_id = tracking.finish()
+        print(f"tracked as MLflow run {run_id} in experiment {args.experiment!r} "
+              f"({ui_hint(resolve_tracking_uri(args.tracking_uri))})")
+        if tracking.note:
+            print(f"note: {tracking.note}", file=sys.stderr)
+    if unwritten:
+        raise unwritten
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train one configuration and report its metrics",
+                              description="Train one CVAE configuration; print a per-epoch table of the "
+                                          "reconstruction and KL terms (train and validation) and the final "
+                                          "test metrics, in nats per example.")
+    add_data_arguments(p)
+    add_model_arguments(p)
+    add_training_arguments(p)
+    add_tracking_arguments(p, "cvae-bench-train")
+    g = p.add_argument_group("output")
+    g.add_argument("--metrics-json", default=None, metavar="PATH",
+                   help="also write the final metrics as a flat JSON object (default: none written)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+    return p

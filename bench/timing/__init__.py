@@ -1,0 +1,1 @@
+"""Timing: step-time loops, calibration, reports, the GPU sweep, tracking overhead."""

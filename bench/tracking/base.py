@@ -1,0 +1,76 @@
+"""The one interface every tracker implements, and the tracker that records nothing.
+
+A :class:`Tracker` is what the harness talks to: :class:`bench.tracking.run_tracker.RunTracker`
+(one MLflow run, written in this process), :class:`bench.tracking.process.TrackingProcess` (the
+same run written from a child process, what ``cvae-bench train`` uses) and :class:`NullTracker`
+(``--no-track``). A tracker is also a :func:`bench.training.loop` callback: ``tracker(epoch,
+metrics)`` logs that epoch's metrics with ``step=epoch``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """One tracked run. ``run_id`` is None until the store has given the run an id (or never)."""
+
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Params (stringified, URLs redacted)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Metrics at ``step`` (an epoch), one request."""
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tags (stringified, URLs redacted)."""
+
+    def log_figures(self, figure_data: Mapping[str, Any]) -> None:
+        """Figures as data (:mod:`bench.figures`), keyed like ``FIGURE_FILES``: drawn and logged as PNGs."""
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A text artifact at ``artifact_file`` (e.g. ``study/trials.csv``)."""
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """End the run (one of :data:`RUN_STATUSES`); ``reason`` goes to the ``end_reason`` tag."""
+
+    def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Fit callback: the epoch's metrics, ``step=epoch``."""
+
+
+class NullTracker:
+    """A :class:`Tracker` that records nothing (``--no-track``)."""
+
+    run_id: str | None = None
+    ended = False
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def log_figures(self, figure_data: Mapping[str, Any]) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        self.ended = True
+
+    def __enter__(self) -> "NullTracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end()

@@ -1,0 +1,363 @@
+"""MLflow writes that survive an unreachable tracking server.
+
+:class:`ResilientClient` wraps the few ``MlflowClient`` writes the harness makes (create_run,
+log_batch, log_artifact, set_tag, set_terminated). A write that fails for a transient reason
+(connection refused, timeout, 5xx, a locked SQLite file) opens a circuit: the write and every later
+write go to a local *spool* -- one JSON line each, in order -- and training carries on without
+blocking. After a back-off (1 s, 2 s, 4 s ... up to 60 s) the next write first replays the spool; on
+success the circuit closes. A run created while the server was down gets a local id
+(``local-<hex>``) that the replay maps to the real run id. Whatever is still spooled when the
+process ends is sent by ``cvae-bench sync`` (which ``study``/``worker`` also run when they start
+and finish). Errors that are not transient (a bad parameter) raise as usual.
+
+The spool never holds a password: each file names its tracking URI redacted, and ``sync`` replays
+a file only to a tracking URI whose redacted form matches.
+
+A spool file belongs to the process that writes it: that process holds an exclusive ``flock`` on
+``<file>.lock`` for as long as it lives, so ``sync`` (from any process) replays only the files of
+processes that have ended, and two syncs never replay one file twice. Runs that such a dead process
+created but never ended are ended FAILED by ``sync`` (tag ``end_reason``), not left RUNNING.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bench.tracking.mlflow_env import configure_mlflow_environment
+from bench.tracking.redaction import redact_url
+
+LOCAL_PREFIX = "local-"
+#: Requests to the tracking server carry at most this many of each (MLflow's REST limits).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_BACKOFF_S = 60.0
+
+def default_spool_dir() -> Path:
+    root = os.environ.get("CVAE_BENCH_SPOOL")
+    if root:
+        return Path(root)
+    cache = os.environ.get("XDG_CACHE_HOME")
+    return (Path(cache) if cache and os.path.isabs(cache) else Path.home() / ".cache") / "cvae-bench" / "mlflow-spool"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a later retry may cure: the server unreachable, overloaded or locked."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                        TimeoutError)):
+        return True
+    if isinstance(exc, MlflowException):
+        code = getattr(exc, "error_code", "")
+        text = str(exc).lower()
+        return (code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
+                or any(s in text for s in ("max retries exceeded", "connection refused", "failed to establish",
+                                           "timed out", "database is locked", "connection aborted",
+                                           "remotedisconnected", "503", "502", "504")))
+    return False
+
+
+DEAD_PROCESS_REASON = "the process logging this run ended before the run did (replayed by cvae-bench sync)"
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on ``path``, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class ResilientClient:
+    """The harness's MLflow writes, with back-off and a local spool (see module docstring).
+
+    Made from a tracking URI, or around an existing ``MlflowClient`` (``client=``).
+    """
+
+    def __init__(self, tracking_uri: str | None = None, spool_dir: Path | None = None, *, client: Any = None,
+                 clock: Callable[[], float] = time.monotonic):
+        if client is None:
+            from mlflow import MlflowClient
+
+            configure_mlflow_environment()
+            client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = client
+        self.tracking_uri = tracking_uri or client._tracking_client.tracking_uri
+        self.spool_dir = Path(spool_dir) if spool_dir else default_spool_dir()
+        self._file = self.spool_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._files_dir = self._file.with_suffix(".files")
+        self._lock = threading.RLock()
+        self._clock = clock
+        self._failures = 0
+        self._retry_at = 0.0
+        self._pending = 0  # records in this process's spool file
+        self.ids: dict[str, str] = {}  # local id -> real run id, once known
+        self._owner_fd: int | None = None  # flock on this process's spool file, held while we live
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "client":  # not set yet (half-constructed object)
+            raise AttributeError(name)
+        return getattr(self.client, name)
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def degraded(self) -> bool:
+        """True while writes are being spooled."""
+        return self._pending > 0
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def run_id(self, run_id: str) -> str:
+        """The real id of a run, or its local id while the server has not seen it yet."""
+        return self.ids.get(run_id, run_id)
+
+    # -- writes ----------------------------------------------------------------------------------
+    def create_run(self, experiment_id: str, run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
+        """Returns the new run's id (a ``local-`` id if the server could not be reached)."""
+        local = f"{LOCAL_PREFIX}{uuid.uuid4().hex}"
+        record = {"op": "create_run", "local_id": local, "experiment_id": experiment_id, "run_name": run_name,
+                  "tags": tags or {}, "start_time": int(time.time() * 1000)}
+        self._submit(record)
+        return self.run_id(local)
+
+    def log_batch(self, run_id: str, metrics: dict[str, float] | None = None, step: int | None = None,
+                  params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+                  metric_steps: Sequence[tuple[str, float, int]] = ()) -> None:
+        """One request: ``metrics`` at ``step``, plus ``metric_steps`` rows (key, value, step) of other steps."""
+        now = int(time.time() * 1000)
+        rows = [(k, v, step or 0) for k, v in (metrics or {}).items()] + list(metric_steps)
+        self._submit({"op": "log_batch", "run_id": run_id,
+                      "metrics": [[k, float(v), now, int(s)] for k, v, s in rows],
+                      "params": [[k, str(v)] for k, v in (params or {}).items()],
+                      "tags": [[k, str(v)] for k, v in (tags or {}).items()]})
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self._submit({"op": "log_artifact", "run_id": run_id, "local_path": str(local_path),
+                      "artifact_path": artifact_path})
+
+    def update_run(self, run_id: str, status: str) -> None:
+        self._submit({"op": "update_run", "run_id": run_id, "status": status})
+
+    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
+        self._submit({"op": "set_terminated", "run_id": run_id, "status": status,
+                      "end_time": int(time.time() * 1000)})
+
+    # -- machinery -------------------------------------------------------------------------------
+    def _submit(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            if self._pending and not self._try_flush():
+                self._spool(record)
+                return
+            if self._clock() < self._retry_at:
+                self._spool(record)
+                return
+            try:
+                self._apply(record, self.ids)
+                self._failures = 0
+            except Exception as exc:  # noqa: BLE001 - classified right below
+                if not is_transient(exc):
+                    raise
+                self._open_circuit()
+                self._spool(record)
+
+    def _open_circuit(self) -> None:
+        self._failures += 1
+        self._retry_at = self._clock() + min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))
+
+    def _apply(self, record: dict[str, Any], ids: dict[str, str]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        op = record["op"]
+        if op == "create_run":
+            if record["local_id"] in ids:
+                return
+            run = self.client.create_run(record["experiment_id"], start_time=record["start_time"],
+                                         tags=record["tags"], run_name=record["run_name"])
+            ids[record["local_id"]] = run.info.run_id
+            return
+        run_id = ids.get(record["run_id"], record["run_id"])
+        if run_id.startswith(LOCAL_PREFIX):
+            raise RuntimeError(f"spooled record for unknown local run {run_id}")
+        if op == "log_batch":
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in record["metrics"]]
+            params = [Param(k, v) for k, v in record["params"]]
+            tags = [RunTag(k, v) for k, v in record["tags"]]
+            m, p, t = MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH
+            for i in range(max(1, -(-len(metrics) // m), -(-len(params) // p), -(-len(tags) // t))):
+                self.client.log_batch(run_id, metrics=metrics[i * m:(i + 1) * m], params=params[i * p:(i + 1) * p],
+                                      tags=tags[i * t:(i + 1) * t])
+        elif op == "log_artifact":
+            self.client.log_artifact(run_id, record["local_path"], record["artifact_path"])
+        elif op == "update_run":
+            self.client.update_run(run_id, status=record["status"])
+        elif op == "set_terminated":
+            self.client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
+        else:
+            raise ValueError(f"unknown spooled operation {op!r}")
+
+    def _spool(self, record: dict[str, Any]) -> None:
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        if self._owner_fd is None:
+            self._owner_fd = _try_lock(self._file.with_suffix(".lock"))
+        if record["op"] == "log_artifact":  # the caller may delete its file: keep a copy
+            self._files_dir.mkdir(exist_ok=True)
+            src = Path(record["local_path"])
+            dst = self._files_dir / uuid.uuid4().hex[:8] / src.name  # the artifact keeps its name
+            dst.parent.mkdir()
+            shutil.copy2(src, dst)
+            record = {**record, "local_path": str(dst)}
+        if not self._file.exists():
+            self._file.write_text(json.dumps({"op": "header", "tracking_uri": redact_url(self.tracking_uri)}) + "\n")
+        with open(self._file, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self._pending += 1
+
+    def _try_flush(self) -> bool:
+        """Replay this process's spool if the back-off allows; True when it is empty afterwards."""
+        if self._clock() < self._retry_at:
+            return False
+        try:
+            replay_file(self, self._file)
+        except Exception as exc:  # noqa: BLE001
+            if not is_transient(exc):
+                raise
+            self._open_circuit()
+            return False
+        self._pending = 0
+        self._failures = 0
+        return True
+
+    def close(self) -> None:
+        """Give up ownership of this process's spool file (what the process's end does too):
+        whatever is still spooled becomes ``cvae-bench sync``'s to send."""
+        with self._lock:
+            if self._owner_fd is not None:
+                os.close(self._owner_fd)
+                self._owner_fd = None
+
+    def settle(self) -> str | None:
+        """At the end of a process: send what is spooled, then :meth:`close`. Returns None when
+        nothing is left, else a one-line note for the user saying where the writes wait and how to send them."""
+        try:
+            if self.flush():
+                return None
+            left = self.pending
+        finally:
+            self.close()
+        return (f"the MLflow server was unreachable: {left} writes are spooled in {self.spool_dir}; "
+                f"`cvae-bench sync --tracking-uri {redact_url(self.tracking_uri)}` sends them")
+
+    def flush(self) -> bool:
+        """Try to send everything spooled now, ignoring the back-off; True when nothing is left."""
+        with self._lock:
+            if not self._pending:
+                return True
+            self._retry_at = 0.0
+            return self._try_flush()
+
+
+def replay_file(client: ResilientClient, path: Path, *, end_open_runs: bool = False) -> int:
+    """Send the records of one spool file in order, then delete it; returns how many were sent.
+
+    Progress is kept: records already sent are dropped from the file, so an interrupted replay
+    resumes where it stopped without sending anything twice. ``end_open_runs`` (the file's process
+    has ended): runs the file created but never terminated are ended FAILED afterwards.
+    """
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    header, records = json.loads(lines[0]), [json.loads(line) for line in lines[1:] if line.strip()]
+    if header.get("tracking_uri") != redact_url(client.tracking_uri):
+        raise ValueError(f"{path} was spooled for {header.get('tracking_uri')}, not {redact_url(client.tracking_uri)}")
+    ids_file = path.with_suffix(".ids.json")
+    ids = {**(json.loads(ids_file.read_text()) if ids_file.exists() else {}), **client.ids}
+    created = {r["local_id"] for r in records if r["op"] == "create_run"} | set(ids)
+    terminated = {r["run_id"] for r in records if r["op"] == "set_terminated"}
+    sent = 0
+    try:
+        for record in records:
+            client._apply(record, ids)
+            sent += 1
+    finally:
+        client.ids.update(ids)
+        remaining = records[sent:]
+        if remaining:
+            path.write_text("\n".join(json.dumps(r) for r in [header, *remaining]) + "\n")
+            ids_file.write_text(json.dumps(ids))
+    if end_open_runs:
+        for local in sorted(created - terminated):
+            _end_if_running(client, ids.get(local, local))
+    path.unlink()
+    ids_file.unlink(missing_ok=True)
+    shutil.rmtree(path.with_suffix(".files"), ignore_errors=True)
+    return sent
+
+
+def _end_if_running(client: ResilientClient, run_id: str) -> None:
+    if run_id.startswith(LOCAL_PREFIX) or client.client.get_run(run_id).info.status != "RUNNING":
+        return
+    client.client.set_tag(run_id, "end_reason", DEAD_PROCESS_REASON)
+    client.client.set_terminated(run_id, status="FAILED")
+
+
+@dataclass
+class SyncReport:
+    """What :func:`sync_spool` did: files and records sent; files left for a live process or another URI."""
+
+    files: int = 0
+    records: int = 0
+    busy: list[str] = field(default_factory=list)
+    other_uri: list[str] = field(default_factory=list)
+
+
+def sync_spool(tracking_uri: str, spool_dir: Path | None = None) -> SyncReport:
+    """Replay every spool file of an ended process meant for ``tracking_uri``, oldest first.
+
+    Files whose process still runs (it holds the file's lock) are left to that process; files
+    spooled for another tracking URI are left alone. Raises on a transient failure (the server is
+    still down): what was sent stays sent, the rest stays spooled.
+    """
+    client = ResilientClient(tracking_uri, spool_dir)
+    report = SyncReport()
+    if not client.spool_dir.is_dir():
+        return report
+    for path in sorted(client.spool_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
+        lock_path = path.with_suffix(".lock")
+        fd = _try_lock(lock_path)
+        if fd is None:
+            report.busy.append(path.name)
+            continue
+        try:
+            if not path.exists():  # another sync sent it between the glob and the lock
+                continue
+            header = json.loads(path.read_text().splitlines()[0])
+            if header.get("tracking_uri") != redact_url(tracking_uri):
+                report.other_uri.append(path.name)
+                continue
+            report.records += replay_file(client, path, end_open_runs=True)
+            report.files += 1
+        finally:
+            if not path.exists():
+                lock_path.unlink(missing_ok=True)
+            os.close(fd)
+    for lock_path in client.spool_dir.glob("*.lock"):  # left by processes whose spool was sent
+        if not lock_path.with_suffix(".jsonl").exists() and (fd := _try_lock(lock_path)) is not None:
+            lock_path.unlink(missing_ok=True)
+            os.close(fd)
+    return report

@@ -1,0 +1,496 @@
+"""Run one Optuna study of one CVAE variant, tracked in MLflow: what ``cvae-bench study`` does.
+
+- The study lives in an Optuna storage (:mod:`studies.storage`); rerunning resumes it. ``trials``
+  is the total of finished (COMPLETE or PRUNED) trials wanted: a rerun runs only what is missing,
+  and a trial left RUNNING by a killed process is failed by heartbeat and retried
+  (:func:`studies.trial_loop.run_until_total`).
+- One study = one MLflow parent run, its id kept in ``study.user_attrs["mlflow_parent_run_id"]``
+  so that reruns and other workers reuse it; each trial is a child run (:mod:`studies.objective`).
+  At the end the parent gets the study's plots and trials table (:mod:`studies.plots`).
+- ``jobs`` threads run trials side by side, each with its own sampler (seeded differently);
+  ``cvae-bench worker`` processes on other machines join the same study (:mod:`studies.cli.worker`):
+  what defines the study is kept in its user attributes (:data:`SPEC_ATTRS`).
+- MLflow writes go through one :class:`bench.tracking.spool.ResilientClient` per invocation: an
+  outage of the tracking server is spooled and replayed, never fatal to a trial. Each invocation
+  first sends what ended processes left spooled for the same server, and flushes its own at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from bench.data.datasets import DataSplits, load_dataset
+from bench.errors import CLIError
+from bench.tracking import RunTracker, environment_tags, open_experiment, resolve_tracking_uri, ui_hint
+from bench.tracking.redaction import redact_url
+from bench.training.config import resolve_device
+from bench.training.presets import check_variant
+from models.config import ConfigError
+from studies.lock import study_lock
+from studies.objective import OBJECTIVES, ChildRuns, Objective, TrialSettings
+from studies.storage import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_STORAGE,
+    check_url,
+    dashboard_hint,
+    is_journal,
+    normalize_url,
+    open_storage,
+    retry_stale_trial,
+)
+from studies.trial_loop import FINISHED, count_trials, run_until_total
+
+PRUNERS = ("median", "hyperband", "none")
+SAMPLERS = ("tpe", "nsga2", "random")
+#: Study user attributes that must match on a rerun (else the trials would not be comparable).
+FIXED_ATTRS = ("variant", "dataset", "objective", "epochs")
+#: Further StudySpec fields kept in the study's user attributes at creation, so that a worker
+#: joining with only ``--study-name`` and ``--storage`` runs the same study. ``trials`` is kept as
+#: ``trials_total`` and updated by every invocation that sets it.
+SPEC_ATTRS = ("pruner", "sampler", "seed", "iw_samples", "limit", "image_size", "experiment")
+#: This many failed trials in a row (in one invocation) stop the study: something is wrong.
+MAX_FAILURES_IN_A_ROW = 10
+
+
+def dataset_slug(dataset: str) -> str:
+    """A name-friendly form of a dataset argument (``imagefolder:/data/flowers`` -> ``imagefolder-flowers``)."""
+    if dataset.startswith("imagefolder:"):
+        return "imagefolder-" + dataset.rstrip("/").rsplit("/", 1)[-1]
+    return dataset
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One study, validated on construction (:class:`ConfigError` naming the field).
+
+    ``pruner=None`` means ``median`` for ``neg-elbo`` and ``none`` for ``rate-distortion``;
+    ``study_name=None`` means ``<variant>-<dataset>-<objective>``; ``experiment=None`` means the
+    study name. ``timeout`` (s) stops starting new trials after that long.
+    """
+
+    variant: str = "cvae"
+    dataset: str = "digits"
+    trials: int = 10
+    epochs: int = 10
+    objective: str = "neg-elbo"
+    pruner: str | None = None
+    sampler: str = "tpe"
+    storage: str = DEFAULT_STORAGE
+    study_name: str | None = None
+    timeout: float | None = None
+    jobs: int = 1
+    seed: int = 0
+    device: str = "auto"
+    iw_samples: int = 100
+    heartbeat: int = DEFAULT_HEARTBEAT_S
+    threads: int | None = None
+    track: bool = True
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        check_variant(self.variant)
+        for name in ("trials", "epochs", "jobs", "heartbeat", "iw_samples", "threads"):
+            value = getattr(self, name)
+            if name == "threads" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r}: must be an integer >= 1")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective={self.objective!r}: must be one of {', '.join(OBJECTIVES)}")
+        if self.pruner is not None and self.pruner not in PRUNERS:
+            raise ConfigError(f"pruner={self.pruner!r}: must be one of {', '.join(PRUNERS)}")
+        if self.objective == "rate-distortion" and self.pruner not in (None, "none"):
+            raise ConfigError(f"pruner={self.pruner!r}: the rate-distortion objective has two values and Optuna "
+                              "cannot prune multi-objective trials; use pruner none")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler={self.sampler!r}: must be one of {', '.join(SAMPLERS)}")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ConfigError(f"timeout={self.timeout!r}: must be a number of seconds > 0")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed={self.seed!r}: must be an integer")
+        if self.study_name is not None and not self.study_name.strip():
+            raise ConfigError("study_name='': must not be empty")
+        resolve_device(self.device)  # an unknown device, or cuda without a GPU, before any trial fails on it
+        check_url(self.storage)
+
+    @property
+    def name(self) -> str:
+        return self.study_name or f"{self.variant}-{dataset_slug(self.dataset)}-{self.objective}"
+
+    @property
+    def resolved_pruner(self) -> str:
+        return self.pruner or ("median" if self.objective == "neg-elbo" else "none")
+
+    @property
+    def objective_names(self) -> tuple[str, ...]:
+        return OBJECTIVES[self.objective]
+
+    @property
+    def resolved_threads(self) -> int:
+        """torch CPU threads per job: ``threads``, else half the cores shared among the jobs (>= 1).
+
+        Small models gain nothing from more intra-op threads, and OpenMP threads that outnumber the
+        free cores slow training down by an order of magnitude when anything else runs.
+        """
+        return self.threads or max(1, (os.cpu_count() or 2) // 2 // self.jobs)
+
+
+@dataclass
+class StudyOutcome:
+    """What one invocation did: the study, how many trials it ran, the parent run (None untracked)."""
+
+    study: optuna.Study
+    ran: int
+    seconds: float
+    parent_run_id: str | None
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def make_pruner(name: str, epochs: int, trials: int) -> optuna.pruners.BasePruner:
+    """``median``: stop a trial whose val_neg_elbo is worse than the median of the completed trials
+    at the same epoch, once a quarter of the trials (2 to 5) have completed, from epoch
+    ``epochs // 4``; ``hyperband``: resources are epochs."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, trials // 4)), n_warmup_steps=epochs // 4)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """Samplers sized for short studies: TPE's random start-up is a third of the trials (3 to 10)."""
+    if name == "tpe":
+        # constant_liar: trials running elsewhere count as bad guesses, so parallel workers spread out
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)),
+                                          constant_liar=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def load_data(spec: StudySpec) -> DataSplits:
+    return load_dataset(spec.dataset, spec.data_root, download=spec.download, image_size=spec.image_size,
+                        seed=spec.seed, limit=spec.limit)
+
+
+def _lock_url(storage: str) -> str:
+    return storage if is_journal(storage) else normalize_url(storage)
+
+
+class _Progress:
+    """Study callback: a tqdm bar over the finished trials and one line per trial."""
+
+    def __init__(self, spec: StudySpec, finished: int, enabled: bool, stream: TextIO) -> None:
+        from tqdm.auto import tqdm
+
+        self.names = spec.objective_names
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.failures_in_a_row = 0
+        self.last_failure = ""
+        self.bar = tqdm(total=spec.trials, initial=min(finished, spec.trials), desc=spec.name, unit="trial",
+                        disable=None if enabled else True, leave=False, file=sys.stderr)  # None: off unless a tty
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        with self.lock:
+            if trial.state in FINISHED:
+                self.bar.update(1)
+            if trial.state == TrialState.FAIL:
+                self.failures_in_a_row += 1
+                self.last_failure = trial.user_attrs.get("fail_reason", "see the log above")
+            else:
+                self.failures_in_a_row = 0
+            self.bar.write(describe_trial(trial, self.names), file=self.stream)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def describe_trial(trial: FrozenTrial, names: tuple[str, ...]) -> str:
+    """One line: number, state, value(s) or reason, parameters."""
+    head = f"trial {trial.number:>3} {trial.state.name:<8}"
+    if trial.state == TrialState.COMPLETE:
+        head += " " + " ".join(f"{n}={v:.3f}" for n, v in zip(names, trial.values))
+    elif trial.state == TrialState.PRUNED:
+        last = max(trial.intermediate_values) if trial.intermediate_values else 0
+        head += f" at epoch {last}"
+    elif trial.state == TrialState.FAIL:
+        head += f" {trial.user_attrs.get('fail_reason', '')}"
+    return f"{head}  {_format_params(trial.params)}"
+
+
+class StudyRun:
+    """One invocation on one study: opening it, its parent run, the trial loop, the final artifacts."""
+
+    def __init__(self, spec: StudySpec, data: DataSplits, *, progress: bool = True, stream: TextIO | None = None,
+                 sampler_salt: int = 0):
+        self.spec = spec
+        self.sampler_salt = sampler_salt  # workers on one study must not share sampler seeds
+        self.data = data
+        self.progress = progress
+        self.stream = stream or sys.stdout
+        self.client = None
+        self.experiment_id: str | None = None
+        self.tracking_uri = resolve_tracking_uri(spec.tracking_uri) if spec.track else None
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _open_tracking(self) -> None:
+        assert self.tracking_uri is not None
+        self.client, self.experiment_id = open_experiment(self.tracking_uri, self.spec.experiment or self.spec.name)
+        self._sync_leftovers()
+
+    def _sync_leftovers(self) -> None:
+        """Send what ended processes left spooled for this tracking server (best effort)."""
+        from bench.tracking.spool import sync_spool
+
+        try:
+            report = sync_spool(self.tracking_uri, self.client.spool_dir)
+        except Exception as exc:  # noqa: BLE001 -- the study must not fail for an old spool
+            print(f"note: could not send spooled MLflow writes yet ({redact_url(str(exc))[:200]}); "
+                  "`cvae-bench sync` retries", file=sys.stderr)
+            return
+        if report.records:
+            print(f"note: sent {report.records} MLflow writes spooled by {report.files} ended process(es)",
+                  file=self.stream)
+
+    def _settle_tracking(self) -> list[str]:
+        """Flush this invocation's spool; a note for the user if the server is still unreachable."""
+        note = self.client.settle() if self.client is not None else None
+        return [note] if note else []
+
+    def _on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """A trial failed by heartbeat: retry it (Optuna) and end its orphaned MLflow run FAILED."""
+        from bench.tracking.spool import LOCAL_PREFIX
+
+        retry_stale_trial()(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if self.client is None or not run_id or run_id.startswith(LOCAL_PREFIX):
+            return  # a run the server never saw: `cvae-bench sync` ends it when it sends the dead process's spool
+        try:
+            orphan = RunTracker(self.client, run_id)
+            orphan.set_tags({"trial_state": "FAIL"})
+            orphan.end("FAILED", f"heartbeat lost: the process running trial {trial.number} stopped; "
+                                 "the trial is retried as a new trial")
+        except Exception as exc:  # noqa: BLE001 -- tracking trouble must not stop Optuna's bookkeeping
+            print(f"warning: could not end the MLflow run of stale trial {trial.number}: "
+                  f"{redact_url(str(exc))[:200]}", file=sys.stderr)
+
+    def _open_study(self, storage: optuna.storages.BaseStorage) -> optuna.Study:
+        spec = self.spec
+        directions = ["minimize"] * len(spec.objective_names)
+        study = optuna.create_study(storage=storage, study_name=spec.name, directions=directions,
+                                    load_if_exists=True)
+        wanted = {"variant": spec.variant, "dataset": spec.dataset, "objective": spec.objective, "epochs": spec.epochs}
+        attrs = study.user_attrs
+        for key in FIXED_ATTRS:
+            if key in attrs and attrs[key] != wanted[key]:
+                raise CLIError(f"study {spec.name!r} was made with {key}={attrs[key]!r}, not {wanted[key]!r}; "
+                               "rerun with the same settings or pick another --study-name")
+        for key in FIXED_ATTRS:
+            if key not in attrs:
+                study.set_user_attr(key, wanted[key])
+        for key in SPEC_ATTRS:
+            if key not in attrs:
+                study.set_user_attr(key, getattr(spec, key))
+        if attrs.get("trials_total") != spec.trials:
+            study.set_user_attr("trials_total", spec.trials)
+        return study
+
+    def _open_parent(self, study: optuna.Study) -> RunTracker:
+        from mlflow.exceptions import MlflowException
+
+        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        if run_id:
+            try:
+                run = self.client.get_run(run_id)
+                if run.info.lifecycle_stage == "active":
+                    return RunTracker.reopen(self.client, run_id)
+            except MlflowException:
+                print(f"note: the study's parent run {run_id} is not in this tracking store; starting a new one",
+                      file=self.stream)
+        spec = self.spec
+        parent = RunTracker.start(self.client, self.experiment_id, spec.name,
+                                  tags={"study_name": spec.name, "run_kind": "study", "variant": spec.variant,
+                                        "dataset": self.data.name, **environment_tags(resolve_device(spec.device))})
+        parent.log_params({"study_name": spec.name, "variant": spec.variant, "dataset": spec.dataset,
+                           "objective": spec.objective, "epochs": spec.epochs})
+        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        return parent
+
+    # -- the run -----------------------------------------------------------------------------------
+    def run(self) -> StudyOutcome:
+        spec = self.spec
+        start = time.perf_counter()
+        if spec.track:
+            self._open_tracking()
+        storage = open_storage(spec.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale)
+        lock_url = _lock_url(spec.storage)
+        with study_lock(lock_url, spec.name):  # one study and one parent run, even when workers start together
+            study = self._open_study(storage)
+            parent = self._open_parent(study) if spec.track else None
+        try:
+            outcome = self._optimize(study, storage, parent, lock_url)
+        except KeyboardInterrupt:
+            if parent:
+                parent.end("KILLED", "interrupted")
+            self._settle_tracking()
+            raise
+        except BaseException as exc:
+            if parent:
+                parent.end("FAILED", f"{type(exc).__name__}: {exc}")
+            self._settle_tracking()
+            raise
+        outcome.notes += self._settle_tracking()
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+
+    def _optimize(self, study: optuna.Study, storage, parent: RunTracker | None, lock_url: str) -> StudyOutcome:
+        spec = self.spec
+        if parent is not None:
+            parent.set_tags({"trials_total": spec.trials, "sampler": spec.sampler, "pruner": spec.resolved_pruner,
+                             "optuna_storage": redact_url(spec.storage), "jobs": spec.jobs})
+        existing = len(study.get_trials(deepcopy=False))
+        finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
+        runs = ChildRuns(self.client, self.experiment_id, parent.run_id) if parent is not None else None
+        settings = TrialSettings(variant=spec.variant, objective=spec.objective, epochs=spec.epochs, seed=spec.seed,
+                                 device=spec.device, iw_samples=spec.iw_samples, study_name=spec.name)
+        data_options = {"dataset": self.data.name, "limit": spec.limit or "none",
+                        "image_size": spec.image_size or "native", "n_train": len(self.data.train),
+                        "n_val": len(self.data.val), "n_test": len(self.data.test)}
+        objective = Objective(settings, self.data, runs=runs, data_options=data_options)
+        progress = _Progress(spec, finished_before, self.progress, self.stream)
+        stop = threading.Event()
+
+        def guard(study: optuna.Study, trial: FrozenTrial) -> None:
+            if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                stop.set()
+
+        ran = [0] * spec.jobs
+        errors: list[BaseException] = []
+
+        def work(j: int) -> None:
+            # Each job has its own Study object and sampler; seeds differ per job and per rerun.
+            sampler = make_sampler(spec.sampler, spec.seed + existing + 1000 * j + self.sampler_salt, spec.trials)
+            own = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler,
+                                    pruner=make_pruner(spec.resolved_pruner, spec.epochs, spec.trials))
+            try:
+                ran[j] = run_until_total(own, objective, spec.trials, lambda: study_lock(lock_url, spec.name),
+                                         timeout=spec.timeout, callbacks=[progress, guard], stop_event=stop,
+                                         poll_seconds=1.0)
+            except BaseException as exc:  # noqa: BLE001 -- re-raised by the main thread
+                errors.append(exc)
+                stop.set()
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                if spec.jobs == 1:
+                    work(0)
+                else:
+                    threads = [threading.Thread(target=work, args=(j,), daemon=True) for j in range(spec.jobs)]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        while t.is_alive():
+                            t.join(timeout=0.5)
+            except KeyboardInterrupt:
+                stop.set()
+                raise
+            finally:
+                progress.close()
+        if errors:
+            raise errors[0]
+        counts = count_trials(study)
+        notes: list[str] = []
+        if parent is not None:
+            notes = self._finish_parent(parent, study)
+        if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise CLIError(f"study {spec.name!r} stopped: {progress.failures_in_a_row} trials in a row failed "
+                           f"(last: {progress.last_failure}); finished trials are kept")
+        return StudyOutcome(study=study, ran=sum(ran), seconds=0.0,
+                            parent_run_id=parent.run_id if parent else None, counts=counts, notes=notes)
+
+    def _finish_parent(self, parent: RunTracker, study: optuna.Study) -> list[str]:
+        from studies.plots import log_study_artifacts
+
+        counts = count_trials(study)
+        metrics = {f"n_{state.lower()}": float(n) for state, n in counts.items()}
+        best = best_trial(study, self.spec.objective_names)
+        if best is not None:
+            metrics.update({f"best_{k}": v for k, v in best.user_attrs.items() if isinstance(v, float)})
+            parent.set_tags({"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", "")})
+        parent.log_metrics(metrics, step=len(study.get_trials(deepcopy=False)))
+        notes = log_study_artifacts(parent, study, self.spec.objective_names)
+        parent.end("FINISHED")
+        return notes
+
+
+def best_trial(study: optuna.Study, objective_names: tuple[str, ...]) -> FrozenTrial | None:
+    """The completed trial of lowest val -ELBO (for rate-distortion: lowest val_recon + val_kl)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    if len(objective_names) == 1:
+        return min(complete, key=lambda t: t.value)
+    return min(complete, key=lambda t: sum(t.values))
+
+
+def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool = True,
+              stream: TextIO | None = None, sampler_salt: int = 0) -> StudyOutcome:
+    """Run (or resume) the study ``spec`` on ``data`` (loaded from the spec when None).
+
+    ``sampler_salt`` is added to the sampler seeds (distinct per worker process).
+    """
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = data if data is not None else load_data(spec)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(spec.resolved_threads)
+    try:
+        return StudyRun(spec, data, progress=progress, stream=stream, sampler_salt=sampler_salt).run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def summary_lines(spec: StudySpec, outcome: StudyOutcome) -> list[str]:
+    """The short report a study invocation prints at the end."""
+    c = outcome.counts
+    finished = c.get("COMPLETE", 0) + c.get("PRUNED", 0)
+    lines = [f"study {spec.name!r}: {finished}/{spec.trials} finished ({c.get('COMPLETE', 0)} complete, "
+             f"{c.get('PRUNED', 0)} pruned), {c.get('FAIL', 0)} failed; this run ran {outcome.ran} trials "
+             f"in {outcome.seconds:.1f} s"]
+    best = best_trial(outcome.study, spec.objective_names)
+    if best is not None:
+        values = " ".join(f"{n}={v:.3f}" for n, v in zip(spec.objective_names, best.values))
+        lines.append(f"best trial {best.number}: {values} nats  {_format_params(best.params)}")
+    if len(spec.objective_names) == 2 and best is not None:
+        front = sorted(outcome.study.best_trials, key=lambda t: t.values[1])
+        points = ", ".join(f"#{t.number} ({t.values[1]:.2f}, {t.values[0]:.2f})" for t in front)
+        lines.append(f"rate-distortion front (val_kl, val_recon): {points}")
+    lines += [f"note: {n}" for n in outcome.notes]
+    if outcome.parent_run_id:
+        lines.append(f"MLflow: parent run {outcome.parent_run_id} in experiment {spec.experiment or spec.name!r}; "
+                     f"{ui_hint(resolve_tracking_uri(spec.tracking_uri))}")
+    lines.append(f"Optuna: {dashboard_hint(spec.storage)}")
+    return lines
+

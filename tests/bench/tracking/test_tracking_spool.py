@@ -1,0 +1,112 @@
+"""Tracking survives an unreachable MLflow server: writes are spooled locally and sent later."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from local_services import MlflowServer
+
+from bench.tracking.spool import ResilientClient, is_transient, sync_spool
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = MlflowServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "server.log").start()
+    yield srv
+    srv.stop()
+
+
+def _history(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_transient_errors_are_told_apart():
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    assert is_transient(requests.exceptions.ConnectionError("refused"))
+    assert is_transient(MlflowException("API request failed: Max retries exceeded with url"))
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    assert not is_transient(MlflowException("Invalid value for param", error_code=INVALID_PARAMETER_VALUE))
+    assert not is_transient(ValueError("bug"))
+
+
+@pytest.mark.slow
+def test_outage_is_spooled_then_replayed_in_order(server, tmp_path):
+    spool = tmp_path / "spool"
+    rc = ResilientClient(server.uri, spool)
+    exp = rc.client.create_experiment("outage")
+    run_id = rc.create_run(exp, "trial-0")
+    rc.log_batch(run_id, {"val_kl": 1.0}, step=1, params={"lr": 0.001})
+
+    server.stop()
+    t0 = time.monotonic()
+    for epoch in (2, 3, 4):
+        rc.log_batch(run_id, {"val_kl": float(epoch)}, step=epoch)
+    late = rc.create_run(exp, "trial-1")  # a run born during the outage gets a local id
+    assert late.startswith("local-")
+    rc.log_batch(late, {"val_kl": 9.0}, step=1)
+    rc.set_terminated(late, "FINISHED")
+    elapsed = time.monotonic() - t0
+    assert rc.degraded and rc.pending == 6
+    assert elapsed < 30, f"training was blocked {elapsed:.1f} s by the outage"
+
+    server.start()
+    assert rc.flush()
+    assert not rc.degraded
+    assert _history(rc.client, run_id, "val_kl") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+    real = rc.run_id(late)
+    assert not real.startswith("local-")
+    assert rc.client.get_run(real).info.status == "FINISHED"
+    assert _history(rc.client, real, "val_kl") == [(1, 9.0)]
+    assert not list(spool.glob("*.jsonl"))
+
+
+@pytest.mark.slow
+def test_sync_sends_what_a_dead_process_left(server, tmp_path):
+    spool = tmp_path / "spool"
+    writer = ResilientClient(server.uri, spool)
+    exp = writer.client.create_experiment("sync")
+    run_id = writer.create_run(exp, "r")
+    server.stop()
+    writer.log_batch(run_id, {"test_neg_elbo": 42.0}, step=5)
+    writer.set_terminated(run_id, "FINISHED")
+    assert len(list(spool.glob("*.jsonl"))) == 1
+    server.start()
+    assert sync_spool(server.uri, spool).busy == [writer._file.name]  # its process still owns it
+    server.stop()
+    writer.close()  # the process "ends" with its spool on disk
+
+    other = ResilientClient(f"http://127.0.0.1:{server.port + 0}", spool)  # same URI, later process
+    server.start()
+    report = sync_spool(other.tracking_uri, spool)
+    assert (report.files, report.records, report.busy, report.other_uri) == (1, 2, [], [])
+    assert _history(other.client, run_id, "test_neg_elbo") == [(5, 42.0)]
+    assert other.client.get_run(run_id).info.status == "FINISHED"
+    assert sync_spool(server.uri, spool).files == 0
+
+
+@pytest.mark.slow
+def test_sync_command_sends_a_dead_process_spool_and_fails_its_open_runs(server, tmp_path, capsys):
+    from studies.cli import main
+
+    spool = tmp_path / "spool"
+    writer = ResilientClient(server.uri, spool)
+    exp = writer.client.create_experiment("dead")
+    server.stop()
+    born_in_outage = writer.create_run(exp, "trial-7")  # the process dies before ending this run
+    writer.log_batch(born_in_outage, {"val_kl": 3.0}, step=1)
+    writer.close()
+
+    assert main(["sync", "--tracking-uri", server.uri, "--spool-dir", str(spool)]) == 2  # still down: one line
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "still unreachable" in err and "nothing was lost" in err
+    server.start()
+    assert main(["sync", "--tracking-uri", server.uri, "--spool-dir", str(spool)]) == 0
+    assert "sent 2 spooled writes from 1 file(s)" in capsys.readouterr().out
+    (run,) = writer.client.search_runs([exp])
+    assert run.info.status == "FAILED" and "ended before the run did" in run.data.tags["end_reason"]
+    assert _history(writer.client, run.info.run_id, "val_kl") == [(1, 3.0)]
+    assert not list(spool.glob("*.jsonl")) and not list(spool.glob("*.lock"))
