@@ -18,7 +18,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's 8x8 digits as :class:`bench.data.datasets.DataSplits` (1437/180/180, CPU)."""
-    from bench.data.datasets import load_dataset
+    from bench.data import load_dataset
 
     return load_dataset("digits")
 

@@ -3,6 +3,8 @@
 Also runnable without the rest of the CLI (e.g. on a GPU machine without MLflow or Optuna)::
 
     PYTHONPATH=. python -m bench.cli.steptime --variant cvae --dataset synthetic:28x28 --no-track
+
+torch and the timing modules are imported when the command runs, not at import: ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,30 +13,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bench.cli.arguments import add_device_argument, check_writable, int_list
 from bench.errors import CLIError
-from bench.timing.steptime import (
-    StepTimeConfig,
-    StepTimeResult,
-    TimingOptions,
-    add_normalised,
-    add_speedups,
-    format_table,
-    load_benchmark_data,
-    machine_info,
-    measure,
-    measure_calibration,
-    report,
-)
-from bench.training.config import resolve_device
-from bench.training.presets import check_variant
-from bench.training.step import ADAM_IMPLEMENTATIONS
+from models.config import ConfigError
+
+if TYPE_CHECKING:
+    from bench.timing.steptime import StepTimeConfig, StepTimeResult, TimingOptions
 
 EXPERIMENT = "steptime"
+#: ``bench.training.step.ADAM_IMPLEMENTATIONS``, spelled out so that ``--help`` needs no torch (a test keeps them equal).
+ADAM_CHOICES = ("fused", "default")
 
 
 def name_list(text: str) -> tuple[str, ...]:
@@ -60,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (default none)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="capture the whole step (gather, forward, backward, Adam) as one CUDA graph")
-    g.add_argument("--adam", default="fused", choices=ADAM_IMPLEMENTATIONS,
+    g.add_argument("--adam", default="fused", choices=ADAM_CHOICES,
                    help="Adam of the harness and floor rows: fused (default, one kernel for all parameters) or "
                         "default (torch.optim.Adam's own choice, as the seed loop uses)")
     g.add_argument("--baseline", default=None, choices=("seed-loop",),
@@ -86,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def configs_from_args(args: argparse.Namespace, device: str) -> list[StepTimeConfig]:
     """Every (variant, batch size) configuration, the baseline/floor rows included; validated up front."""
+    from bench.timing.steptime import StepTimeConfig
+    from bench.training.presets import check_variant
+
     for variant in args.variant:
         check_variant(variant)
     configs = []
@@ -102,6 +95,8 @@ def configs_from_args(args: argparse.Namespace, device: str) -> list[StepTimeCon
 
 
 def timing_options(args: argparse.Namespace) -> TimingOptions:
+    from bench.timing.steptime import TimingOptions
+
     return TimingOptions(repeats=args.repeats, steps_per_block=args.steps_per_block, block_ms=args.block_ms,
                          warmup_steps=args.warmup, seed=args.seed)
 
@@ -152,6 +147,14 @@ def log_to_mlflow(results: list[StepTimeResult], calibration: dict[str, Any], tr
 
 
 def run_steptime(args: argparse.Namespace) -> int:
+    import torch
+
+    from bench.data import load_benchmark_data
+    from bench.timing.calibration import measure_calibration
+    from bench.timing.report import add_normalised, add_speedups, format_table, machine_info, report
+    from bench.timing.steptime import measure
+    from bench.training.config import resolve_device
+
     if args.threads is not None:
         if args.threads < 1:
             raise CLIError(f"--threads {args.threads}: must be >= 1")
@@ -160,14 +163,17 @@ def run_steptime(args: argparse.Namespace) -> int:
         raise CLIError(f"--block-ms {args.block_ms}: must be a finite number of milliseconds > 0")
     if args.json:
         check_writable(args.json, "--json")  # before the timing, not after it
-    device = resolve_device(args.device).type
+    chosen = resolve_device(args.device)
+    if chosen.type == "cuda" and chosen.index is not None:
+        torch.cuda.set_device(chosen)  # configs and results name the type: "cuda" is now the chosen GPU
+    device = chosen.type
     configs = configs_from_args(args, device)
     options = timing_options(args)
     data = load_benchmark_data(args.dataset, args.data_root, seed=args.seed)
     print(f"cvae-bench steptime: {len(configs)} configuration(s) on {data.name} "
           f"({len(data.train)} train examples), device {device}", flush=True)
 
-    calibration = {device: measure_calibration(torch.device(device))}
+    calibration = {device: measure_calibration(chosen)}
     results = []
     for i, cfg in enumerate(configs, 1):
         print(f"  [{i}/{len(configs)}] {cfg.loop} {cfg.variant} batch {cfg.batch_size} {cfg.mode} {cfg.precision}",
@@ -203,15 +209,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.cli.steptime``: the subcommand alone (no Optuna/MLflow imports needed)."""
-    from bench.data.datasets import DatasetError
-    from models.config import ConfigError
-
     parser = argparse.ArgumentParser(prog="cvae-bench steptime")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return run_steptime(args)
-    except (CLIError, ConfigError, DatasetError) as err:
+    except (CLIError, ConfigError) as err:  # bench.data.DatasetError is a CLIError
         print(f"cvae-bench steptime: error: {err}", file=sys.stderr)
         return 2
 

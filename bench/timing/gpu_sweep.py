@@ -27,21 +27,10 @@ from typing import Any
 
 import torch
 
-from bench.data.datasets import DatasetError, DataSplits, load_dataset
-from bench.timing.steptime import (
-    StepTimeConfig,
-    StepTimeResult,
-    TimingOptions,
-    add_normalised,
-    add_speedups,
-    format_table,
-    machine_info,
-    measure,
-    measure_calibration,
-    release_memory,
-    report,
-    synthetic_splits,
-)
+from bench.data import DatasetError, DataSplits, load_dataset, synthetic_splits
+from bench.timing.calibration import measure_calibration
+from bench.timing.report import add_normalised, add_speedups, format_table, machine_info, report
+from bench.timing.steptime import StepTimeConfig, StepTimeResult, TimingOptions, measure, release_memory
 from bench.training.config import resolve_device
 from models.config import VARIANTS
 
@@ -155,7 +144,7 @@ def run_sweep(out: Path, device: str, quick: bool, budget_s: float, compile: boo
     plan = make_plan(device, quick, compile)
     data, data_note = mnist_or_synthetic(data_root, plan.synthetic_n)
     print(f"gpu_sweep: device {device}; data: {data_note}", flush=True)
-    calibration = {device: measure_calibration(torch.device(device), repeats=3 if quick else 10)}
+    calibration = {device: measure_calibration(resolve_device(device), repeats=3 if quick else 10)}
     configs = sweep_configs(plan, device)
     results: list[StepTimeResult] = []
     skipped: list[str] = []
@@ -174,7 +163,7 @@ def run_sweep(out: Path, device: str, quick: bool, budget_s: float, compile: boo
             print(f"  [{i}/{len(configs)} {elapsed:5.0f}s] {label}: FAILED {message}", flush=True)
             if cfg.compile:
                 torch._dynamo.reset()
-            release_memory(torch.device(device))
+            release_memory(resolve_device(device))
             continue
         results.append(result)
         print(f"  [{i}/{len(configs)} {elapsed:5.0f}s] {label}: {result.median_ms:.4f} ms "

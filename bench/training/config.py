@@ -9,7 +9,7 @@ import torch
 
 from models.config import ConfigError
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N", the N-th visible CUDA device
 AMP_DTYPES = ("none", "bf16")
 
 
@@ -46,7 +46,7 @@ class TrainConfig:
             raise ConfigError(f"weight_decay={self.weight_decay!r}: must be >= 0")
         if not self.grad_clip >= 0:
             raise ConfigError(f"grad_clip={self.grad_clip!r}: must be >= 0 (0 turns clipping off)")
-        if self.device not in DEVICES:
+        if not (self.device in DEVICES or _cuda_index(self.device) is not None):  # shape only, see resolve_device
             raise ConfigError(f"device={self.device!r}: must be one of {', '.join(DEVICES)}")
         if self.amp not in AMP_DTYPES:
             raise ConfigError(f"amp={self.amp!r}: must be one of {', '.join(AMP_DTYPES)}")
@@ -59,11 +59,32 @@ class TrainConfig:
         return asdict(self)
 
 
+def _cuda_index(name: object) -> int | None:
+    """N of a ``"cuda:N"`` string (N decimal digits), else None."""
+    if isinstance(name, str) and name.startswith("cuda:") and name[5:].isascii() and name[5:].isdigit():
+        return int(name[5:])
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
+    """The torch device a user's device name means: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    ``auto`` is cuda when available, else cpu. A CUDA device that is not there (no CUDA at all, or
+    N >= the number of visible devices) is a :class:`ConfigError` naming the value, as is any other name.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda': no CUDA device is available here (use --device cpu or auto)")
+    index = _cuda_index(name)
+    if index is not None:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r}: no CUDA device is available here (use --device cpu or auto)")
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"device={name!r}: no such CUDA device here ({count} visible: cuda:0 to "
+                              f"cuda:{count - 1})")
+        return torch.device("cuda", index)
     if name not in DEVICES:
         raise ConfigError(f"device={name!r}: must be one of {', '.join(DEVICES)}")
     return torch.device(name)

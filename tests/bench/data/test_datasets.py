@@ -1,4 +1,4 @@
-"""Tests of bench.data.datasets: every loader reads small files written here in the genuine formats.
+"""Tests of bench.data.load_dataset: every loader reads small files written here in the genuine formats.
 
 No network: MNIST / Fashion-MNIST get tiny gzip IDX files, CIFAR-10 tiny pickled batches, and
 ImageFolder a tree of PNGs written with PIL.
@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.data.datasets import DATASETS, DatasetError, DataSplits, Split, default_data_root, load_dataset
+from bench.data import DATASETS, DatasetError, DataSplits, Split, default_data_root, load_dataset
 
 
 def _labels(split: Split) -> set[int]:

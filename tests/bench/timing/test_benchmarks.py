@@ -21,7 +21,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.timing.steptime import HarnessLoop, calibration_workload, measure_calibration, synchronize
+from bench.timing.block_timer import synchronize
+from bench.timing.calibration import calibration_workload, measure_calibration
+from bench.timing.loops import HarnessLoop
 from bench.training.presets import model_config
 from bench.training.step import make_optimizer, make_train_step
 from models import CVAE

@@ -1,4 +1,7 @@
-"""The step timer, one configuration measured end to end, the steptime command and the GPU sweep script."""
+"""One configuration measured end to end, its FLOPs and name, the steptime command and the GPU sweep script.
+
+The block timer and the loops have their own test modules (test_block_timer.py, test_loops.py).
+"""
 
 from __future__ import annotations
 
@@ -6,80 +9,20 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench.timing.steptime import (
-    BlockTimes,
-    HarnessLoop,
-    StepTimeConfig,
-    TimingOptions,
-    add_speedups,
-    count_step_flops,
-    measure,
-    result_name,
-    steps_for_block,
-    synthetic_splits,
-    time_blocks,
-)
+from bench.data import synthetic_splits
+from bench.timing.report import add_speedups
+from bench.timing.steptime import StepTimeConfig, TimingOptions, count_step_flops, measure, result_name
 from models.config import ConfigError
 from studies.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
-CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 TINY = TimingOptions(repeats=2, steps_per_block=2, warmup_steps=1)
-
-
-def sleeper(seconds: float):
-    calls = []
-
-    def run_block(steps: int) -> None:
-        for _ in range(steps):
-            time.sleep(seconds)
-        calls.append(steps)
-
-    return run_block, calls
-
-
-# -- the timer ------------------------------------------------------------------------------------
-
-
-def test_timer_reports_a_known_per_step_cost():
-    run_block, calls = sleeper(0.02)
-    times = time_blocks(run_block, steps=3, repeats=3, device=CPU)
-    assert calls == [3, 3, 3]
-    assert len(times.per_step_ms) == 3
-    # sleep never returns early; scheduling may add a little on a loaded machine
-    assert 19.9 <= times.median_ms <= 30.0
-    assert times.iqr_ms < 10.0
-
-
-def test_timer_leaves_prepare_out_of_the_timed_block():
-    run_block, _ = sleeper(0.01)
-    times = time_blocks(run_block, steps=2, repeats=2, device=CPU, prepare=lambda: time.sleep(0.05))
-    assert 9.9 <= times.median_ms <= 20.0  # 35 ms per step if the 50 ms prepare were counted
-
-
-def test_block_statistics_are_median_and_interquartile_range():
-    times = BlockTimes((5.0, 1.0, 4.0, 2.0, 3.0), steps_per_block=10)
-    assert times.median_ms == 3.0
-    assert times.quartiles() == (2.0, 3.0, 4.0)
-    assert times.iqr_ms == 2.0
-
-
-def test_steps_per_block_fill_the_target_block_length():
-    run_block, _ = sleeper(0.01)
-    steps = steps_for_block(run_block, CPU, block_ms=60.0)
-    assert 3 <= steps <= 6  # about 60 ms / 10 ms
-
-
-def test_timer_rejects_empty_blocks():
-    with pytest.raises(ValueError):
-        time_blocks(lambda n: None, steps=0, repeats=1, device=CPU)
 
 
 # -- FLOPs ----------------------------------------------------------------------------------------
@@ -115,22 +58,6 @@ def test_measure_reports_every_field_and_the_speedup_over_the_seed_loop(digits):
     assert seed.speedup == pytest.approx(1.0)
     assert harness.speedup == pytest.approx(harness.samples_per_s / seed.samples_per_s)
     assert harness.name == "harness:cvae/digits/b32/cpu/eager/fp32"
-
-
-def test_harness_loop_trains_the_model(digits):
-    from bench.training.presets import model_config
-    from bench.training.step import make_optimizer, make_train_step
-    from models import CVAE
-
-    torch.manual_seed(0)
-    model = CVAE(model_config("cvae", digits))
-    step = make_train_step(model, make_optimizer(model, 1e-3))
-    loop = HarnessLoop(model, step, digits.train, 64, CPU, cuda_graphs=False, seed=0, warmup_steps=1)
-    first = loop.last_loss()
-    for _ in range(3):
-        loop.prepare()
-        loop.run(loop.rows)
-    assert loop.last_loss() < first - 5.0  # nats: a few epochs on digits lower the loss clearly
 
 
 def test_config_validation():
@@ -229,6 +156,7 @@ def test_steptime_command_writes_json_with_the_seed_loop_column(tmp_path, capsys
     (["--device", "cpu", "--block-ms", "nan"], "--block-ms nan: must be a finite number of milliseconds > 0"),
     (["--device", "cpu", "--block-ms", "0"], "--block-ms 0.0: must be a finite"),
     (["--device", "cpu", "--json", "/dev/null/steptime.json"], "--json /dev/null/steptime.json: cannot write it"),
+    (["--device", "cuda:99"], "device='cuda:99'"),  # no CUDA here, or fewer than 100 devices
 ])
 def test_steptime_command_bad_input_is_one_line_exit_2(argv, message, capsys):
     code = main(["steptime", "--no-track", *argv])
@@ -282,6 +210,32 @@ def test_steptime_module_runs_without_mlflow(tmp_path):
     assert tracked.returncode == 2 and "--no-track" in tracked.stderr
 
 
+def test_steptime_help_needs_no_torch():
+    """``--help`` imports only torch-free modules: it works even where torch cannot be imported."""
+    block_torch = ("import sys; sys.modules['torch'] = None; sys.argv[1:] = ['--help']; "
+                   "import runpy; runpy.run_module('bench.cli.steptime', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", block_torch], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--adam {fused,default}" in proc.stdout and "--baseline {seed-loop}" in proc.stdout
+
+
+def test_adam_choices_of_the_command_are_the_train_steps():
+    from bench.cli.steptime import ADAM_CHOICES
+    from bench.training.step import ADAM_IMPLEMENTATIONS
+
+    assert ADAM_CHOICES == ADAM_IMPLEMENTATIONS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("old, new", [("bench.gpu_sweep", "bench.timing.gpu_sweep"),
+                                      ("bench.tracking_overhead", "bench.timing.tracking_overhead")])
+def test_old_script_names_forward_to_the_timing_package(old, new):
+    proc = run_without_tracking_packages(old, ["--help"])
+    assert proc.returncode == 0, proc.stderr
+    assert f"usage: python -m {new}" in proc.stdout
+
+
 @pytest.mark.slow
 def test_gpu_sweep_quick_on_cpu_writes_json_and_markdown(tmp_path):
     proc = run_without_tracking_packages("bench.timing.gpu_sweep", ["--out", str(tmp_path), "--device", "cpu", "--quick"])
@@ -302,53 +256,7 @@ def test_gpu_sweep_quick_on_cpu_writes_json_and_markdown(tmp_path):
     assert "floor" in markdown and "| harness | cvae |" in markdown
 
 
-def test_synthetic_data_is_mnist_shaped():
-    data = synthetic_splits((1, 28, 28), 10, n=256)
-    assert data.input_shape == (1, 28, 28) and len(data.train) == 256
-    assert 0.0 <= float(data.train.x.min()) and float(data.train.x.max()) <= 1.0
-    assert int(data.train.y.max()) < 10
-
-
 # -- CUDA (skipped without a GPU; run them on a GPU machine) -------------------------------------
-
-
-@needs_cuda
-def test_cuda_timer_matches_a_synchronised_wall_clock():
-    device = torch.device("cuda")
-    a = torch.randn(4096, 4096, device=device)
-
-    def run_block(steps: int) -> None:
-        for _ in range(steps):
-            a @ a
-
-    run_block(3)
-    torch.cuda.synchronize()
-    times = time_blocks(run_block, steps=20, repeats=5, device=device)
-    t0 = time.perf_counter()
-    run_block(100)
-    torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - t0) * 1e3 / 100
-    assert times.median_ms == pytest.approx(wall_ms, rel=0.15)
-
-
-@needs_cuda
-@pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_cuda_harness_loop_never_synchronises(digits, cuda_graphs):
-    from bench.training.presets import model_config
-    from bench.training.step import make_optimizer, make_train_step
-    from models import CVAE
-
-    device = torch.device("cuda")
-    model = CVAE(model_config("flow-cvae", digits)).to(device)
-    step = make_train_step(model, make_optimizer(model, 1e-3, capturable=cuda_graphs))
-    loop = HarnessLoop(model, step, digits.train.to(device), 64, device, cuda_graphs, seed=0, warmup_steps=3)
-    loop.prepare()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        loop.run(10)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(torch.tensor(loop.last_loss()))
 
 
 @needs_cuda
@@ -363,28 +271,3 @@ def test_cuda_modes_measure(compile, cuda_graphs, amp):
     assert result.peak_mem_source == "cuda_max_memory_allocated" and result.peak_mem_mb > 0
     assert result.device_name == torch.cuda.get_device_name()
     assert torch.isfinite(torch.tensor(result.final_loss))
-
-
-@needs_cuda
-def test_cuda_graph_step_trains_like_the_eager_step():
-    """The captured step (gather, counter, schedule, Adam) lowers the loss as the eager one does."""
-    from bench.training.presets import model_config
-    from bench.training.step import make_optimizer, make_train_step
-    from models import CVAE
-
-    data = synthetic_splits((1, 28, 28), 10, n=2048)
-    device = torch.device("cuda")
-    losses = {}
-    for graphs in (False, True):
-        torch.manual_seed(0)
-        model = CVAE(model_config("beta-cvae", data)).to(device)
-        step = make_train_step(model, make_optimizer(model, 1e-3, capturable=graphs))
-        loop = HarnessLoop(model, step, data.train.to(device), 64, device, graphs, seed=0, warmup_steps=3)
-        start = loop.last_loss()
-        for _ in range(5):
-            loop.prepare()
-            loop.run(loop.rows)
-        losses[graphs] = (start, loop.last_loss())
-    for start, end in losses.values():
-        assert end < start
-    assert losses[True][1] == pytest.approx(losses[False][1], rel=0.1)
