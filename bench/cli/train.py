@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.cli.arguments import (
     add_data_arguments,
@@ -15,18 +16,16 @@ from bench.cli.arguments import (
     add_training_arguments,
     check_writable,
 )
-from bench.data.datasets import load_dataset
 from bench.errors import CLIError
-from bench.evaluation.posterior_collapse import collapse_note
-from bench.tracking.finished_fit import log_fit
-from bench.tracking.process import TrackingProcess
-from bench.training.config import TrainConfig
-from bench.training.loop import fit
-from bench.training.presets import check_variant, model_config
+
+if TYPE_CHECKING:  # torch and the harness load when a command runs, not for --help
+    from bench.tracking import TrackingProcess
 
 
 def configs_from_args(args: argparse.Namespace, data):
     """(CVAEConfig, TrainConfig) from parsed arguments; raises ConfigError on bad values."""
+    from bench.training import TrainConfig, model_config
+
     model_cfg = model_config(
         args.variant, data, backbone=args.backbone, hidden=args.hidden, latent_dim=args.latent_dim,
         likelihood=args.likelihood, beta=args.beta, beta_schedule=args.beta_schedule, flow=args.flow,
@@ -39,6 +38,8 @@ def configs_from_args(args: argparse.Namespace, data):
 
 
 def load_data_from_args(args: argparse.Namespace):
+    from bench.data import load_dataset
+
     return load_dataset(args.dataset, args.data_root, download=args.download, image_size=args.image_size,
                         seed=args.seed, limit=args.limit)
 
@@ -49,7 +50,7 @@ def data_options(args: argparse.Namespace, data) -> dict:
             "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
 
 
-def start_tracking(tracking: TrackingProcess, args: argparse.Namespace, model_cfg, train_cfg, data, run_name: str,
+def start_tracking(tracking: "TrackingProcess", args: argparse.Namespace, model_cfg, train_cfg, data, run_name: str,
                    **tags) -> None:
     """Have ``tracking`` create the run: its tags (:func:`bench.tracking.run_tracker.run_tags`) and the resolved
     configuration as params (:func:`bench.tracking.run_tracker.config_params`)."""
@@ -89,7 +90,9 @@ def run_train(args: argparse.Namespace) -> int:
     command at the next epoch with a one-line error (exit 2); a tracking failure after the run exists
     lets training finish, print and write its results, then fails the same way.
     """
-    from bench.tracking import resolve_tracking_uri, ui_hint
+    from bench.evaluation import collapse_note
+    from bench.tracking import TrackingProcess, log_fit, resolve_tracking_uri, ui_hint
+    from bench.training import check_variant, fit
 
     check_variant(args.variant)
     if args.metrics_json:

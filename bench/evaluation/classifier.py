@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.data.datasets import DataSplits
+from bench.data import DataSplits
 from models import CVAE
 
 _CACHE: dict[tuple, nn.Module] = {}

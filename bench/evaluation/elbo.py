@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.data.datasets import Split
+from bench.data import Split
 from models import CVAE
 
 

@@ -22,7 +22,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from bench.errors import CLIError
 from models.config import VARIANTS
@@ -136,11 +135,11 @@ def _parse_tolerance(raw: Any, where: str) -> Tolerance:
 
 def train_and_evaluate(variant: str, protocol: dict[str, Any], seed: int | None = None) -> dict[str, float]:
     """Train ``variant`` by the protocol on CPU; test-split recon, KL and -ELBO (nats per example)."""
-    from bench.data.datasets import load_dataset
-    from bench.evaluation import elbo as evaluate
-    from bench.training.config import TrainConfig
-    from bench.training.loop import fit
-    from bench.training.presets import model_config
+    import torch
+
+    from bench.data import load_dataset
+    from bench.evaluation import elbo_terms
+    from bench.training import TrainConfig, fit, model_config
 
     seed = protocol["seed"] if seed is None else seed
     data = load_dataset(protocol["dataset"], seed=0)  # the split is fixed; only training varies with seed
@@ -151,7 +150,7 @@ def train_and_evaluate(variant: str, protocol: dict[str, Any], seed: int | None 
     try:
         result = fit(model_config(variant, data), train_cfg, data, progress=False, final_eval=False)
         torch.manual_seed(seed)  # the one-sample test ELBO draws z
-        terms = evaluate.elbo_terms(result.model, data.test)
+        terms = elbo_terms(result.model, data.test)
     finally:
         torch.set_num_threads(threads)
     return {"test_neg_elbo": terms["neg_elbo"], "test_recon": terms["recon"], "test_kl": terms["kl"]}
@@ -233,5 +232,7 @@ def tolerances_from_spread(spread: dict[str, Any], factor: float = SPREAD_FACTOR
 
 def environment() -> dict[str, str]:
     import platform
+
+    import torch
 
     return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}

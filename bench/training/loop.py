@@ -17,11 +17,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from bench.data.datasets import DataSplits
+from bench.data import DataSplits
 from bench.errors import CLIError
-from bench.evaluation import elbo as evaluate
-from bench.evaluation.classifier import accuracy, conditional_accuracy, train_classifier
-from bench.evaluation.metric_names import bits_per_dim
+from bench.evaluation import elbo_terms, final_metrics
 from bench.training.config import TrainConfig
 from bench.training.step import make_optimizer, make_train_step
 from bench.training.step_timer import StepTimer
@@ -94,7 +92,7 @@ def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
         _check_finite(stats[:, 0], epoch)
 
         means = stats.mean(0).tolist()
-        val = evaluate.elbo_terms(model, data.val, train_cfg.eval_batch_size)
+        val = elbo_terms(model, data.val, train_cfg.eval_batch_size)
         metrics = {
             "train_recon": means[1], "train_kl": means[2], "train_neg_elbo": means[1] + means[2],
             "val_recon": val["recon"], "val_kl": val["kl"], "val_neg_elbo": val["neg_elbo"],
@@ -110,7 +108,9 @@ def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
             callback(epoch, metrics)
     bar.close()
     if final_eval:
-        result.final = final_metrics(model, data, train_cfg)
+        result.final = final_metrics(model, data, iw_samples=train_cfg.iw_samples, seed=train_cfg.seed,
+                                     eval_batch_size=train_cfg.eval_batch_size,
+                                     cond_samples_per_class=train_cfg.cond_samples_per_class)
     return result
 
 
@@ -119,19 +119,3 @@ def _check_finite(losses: torch.Tensor, epoch: int) -> None:
     if bad.any():
         i = int(bad.nonzero()[0, 0])
         raise NonFiniteLossError(float(losses[i]), epoch, i + 1)
-
-
-def final_metrics(model: CVAE, data: DataSplits, cfg: TrainConfig) -> dict[str, float]:
-    """Test-split metrics (:data:`bench.evaluation.metric_names.FINAL_METRICS`), nats per example unless named."""
-    test = evaluate.elbo_terms(model, data.test, cfg.eval_batch_size)
-    out = {"test_recon": test["recon"], "test_kl": test["kl"], "test_neg_elbo": test["neg_elbo"],
-           "test_iw_nll": evaluate.iw_nll(model, data.test, cfg.iw_samples, cfg.eval_batch_size),
-           "test_active_units": float(evaluate.active_units(model, data.test))}
-    if model.likelihood.discrete_8bit and data.pixel_levels == 256:
-        c, h, w = data.input_shape
-        out["test_bits_per_dim"] = bits_per_dim(out["test_iw_nll"], c * h * w)
-    with torch.random.fork_rng(devices=[data.train.x.device] if data.train.x.device.type == "cuda" else []):
-        judge = train_classifier(data, seed=cfg.seed)
-        out["test_cond_acc"] = conditional_accuracy(model, judge, data.num_classes, cfg.cond_samples_per_class)
-        out["classifier_test_acc"] = accuracy(judge, data.test.x, data.test.y)
-    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.data.datasets import DataSplits
+from bench.data import DataSplits
 from models import BetaConfig, CVAEConfig, FlowConfig
 from models.config import VARIANTS, ConfigError
 
