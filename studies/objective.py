@@ -1,6 +1,6 @@
-"""One Optuna trial = one :func:`bench.training.loop.fit` run = one MLflow child run of the study's parent run.
+"""One Optuna trial = one :func:`bench.fit` run = one MLflow child run of the study's parent run.
 
-Objectives (nats per example, on the validation split, last epoch):
+Objectives (:data:`studies.spec.OBJECTIVES`; nats per example, on the validation split, last epoch):
 
 - ``neg-elbo``: minimise ``val_neg_elbo``; it is reported every epoch, so the pruner can stop a
   trial early (Optuna's ``TrialPruned``; the run ends KILLED, tag ``trial_state=PRUNED``).
@@ -23,17 +23,13 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
-from bench.data.datasets import DataSplits
+from bench import DataSplits, NonFiniteLossError, TrainConfig, fit, model_config
 from bench.tracking import NullTracker, RunTracker, config_params, log_fit, run_tags
-from bench.training.config import TrainConfig
-from bench.training.loop import NonFiniteLossError, fit
-from bench.training.presets import model_config
 from studies.search_space import suggest
+from studies.spec import OBJECTIVES
 
 #: Which process ran a trial (host:pid): a trial user attribute and a tag of its run.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-
-OBJECTIVES = {"neg-elbo": ("val_neg_elbo",), "rate-distortion": ("val_recon", "val_kl")}
 
 #: The trial user attributes a completed trial gets (last-epoch val metrics, medians of speed,
 #: every final test metric): what the suite's summary table is made of, with or without MLflow.

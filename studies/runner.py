@@ -9,7 +9,7 @@
   At the end the parent gets the study's plots and trials table (:mod:`studies.plots`).
 - ``jobs`` threads run trials side by side, each with its own sampler (seeded differently);
   ``cvae-bench worker`` processes on other machines join the same study (:mod:`studies.cli.worker`):
-  what defines the study is kept in its user attributes (:data:`SPEC_ATTRS`).
+  what defines the study is kept in its user attributes (:func:`studies.spec.study_attrs`).
 - MLflow writes go through one :class:`bench.tracking.spool.ResilientClient` per invocation: an
   outage of the tracking server is spooled and replayed, never fatal to a trial. Each invocation
   first sends what ended processes left spooled for the same server, and flushes its own at the end.
@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -28,125 +27,26 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.data.datasets import DataSplits, load_dataset
-from bench.errors import CLIError
-from bench.tracking import RunTracker, environment_tags, open_experiment, resolve_tracking_uri, ui_hint
-from bench.tracking.redaction import redact_url
-from bench.training.config import resolve_device
-from bench.training.presets import check_variant
-from models.config import ConfigError
-from studies.lock import study_lock
-from studies.objective import OBJECTIVES, ChildRuns, Objective, TrialSettings
-from studies.storage import (
-    DEFAULT_HEARTBEAT_S,
-    DEFAULT_STORAGE,
-    check_url,
-    dashboard_hint,
-    is_journal,
-    normalize_url,
-    open_storage,
-    retry_stale_trial,
+from bench import (
+    CLIError,
+    DataSplits,
+    RunTracker,
+    environment_tags,
+    load_dataset,
+    open_experiment,
+    resolve_device,
+    resolve_tracking_uri,
+    ui_hint,
 )
+from bench.tracking import LOCAL_PREFIX, redact_url, sync_spool
+from studies.lock import study_lock
+from studies.objective import ChildRuns, Objective, TrialSettings
+from studies.spec import Role, StudySpec, attr_name, fields_of, setting_of, settings_from_attrs, study_attrs
+from studies.storage import dashboard_hint, is_journal, normalize_url, open_storage, retry_stale_trial
 from studies.trial_loop import FINISHED, count_trials, run_until_total
 
-PRUNERS = ("median", "hyperband", "none")
-SAMPLERS = ("tpe", "nsga2", "random")
-#: Study user attributes that must match on a rerun (else the trials would not be comparable).
-FIXED_ATTRS = ("variant", "dataset", "objective", "epochs")
-#: Further StudySpec fields kept in the study's user attributes at creation, so that a worker
-#: joining with only ``--study-name`` and ``--storage`` runs the same study. ``trials`` is kept as
-#: ``trials_total`` and updated by every invocation that sets it.
-SPEC_ATTRS = ("pruner", "sampler", "seed", "iw_samples", "limit", "image_size", "experiment")
 #: This many failed trials in a row (in one invocation) stop the study: something is wrong.
 MAX_FAILURES_IN_A_ROW = 10
-
-
-def dataset_slug(dataset: str) -> str:
-    """A name-friendly form of a dataset argument (``imagefolder:/data/flowers`` -> ``imagefolder-flowers``)."""
-    if dataset.startswith("imagefolder:"):
-        return "imagefolder-" + dataset.rstrip("/").rsplit("/", 1)[-1]
-    return dataset
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    """One study, validated on construction (:class:`ConfigError` naming the field).
-
-    ``pruner=None`` means ``median`` for ``neg-elbo`` and ``none`` for ``rate-distortion``;
-    ``study_name=None`` means ``<variant>-<dataset>-<objective>``; ``experiment=None`` means the
-    study name. ``timeout`` (s) stops starting new trials after that long.
-    """
-
-    variant: str = "cvae"
-    dataset: str = "digits"
-    trials: int = 10
-    epochs: int = 10
-    objective: str = "neg-elbo"
-    pruner: str | None = None
-    sampler: str = "tpe"
-    storage: str = DEFAULT_STORAGE
-    study_name: str | None = None
-    timeout: float | None = None
-    jobs: int = 1
-    seed: int = 0
-    device: str = "auto"
-    iw_samples: int = 100
-    heartbeat: int = DEFAULT_HEARTBEAT_S
-    threads: int | None = None
-    track: bool = True
-    tracking_uri: str | None = None
-    experiment: str | None = None
-    data_root: str | None = None
-    download: bool = False
-    image_size: int | None = None
-    limit: int | None = None
-
-    def __post_init__(self) -> None:
-        check_variant(self.variant)
-        for name in ("trials", "epochs", "jobs", "heartbeat", "iw_samples", "threads"):
-            value = getattr(self, name)
-            if name == "threads" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}={value!r}: must be an integer >= 1")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective={self.objective!r}: must be one of {', '.join(OBJECTIVES)}")
-        if self.pruner is not None and self.pruner not in PRUNERS:
-            raise ConfigError(f"pruner={self.pruner!r}: must be one of {', '.join(PRUNERS)}")
-        if self.objective == "rate-distortion" and self.pruner not in (None, "none"):
-            raise ConfigError(f"pruner={self.pruner!r}: the rate-distortion objective has two values and Optuna "
-                              "cannot prune multi-objective trials; use pruner none")
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler={self.sampler!r}: must be one of {', '.join(SAMPLERS)}")
-        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
-            raise ConfigError(f"timeout={self.timeout!r}: must be a number of seconds > 0")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed={self.seed!r}: must be an integer")
-        if self.study_name is not None and not self.study_name.strip():
-            raise ConfigError("study_name='': must not be empty")
-        resolve_device(self.device)  # an unknown device, or cuda without a GPU, before any trial fails on it
-        check_url(self.storage)
-
-    @property
-    def name(self) -> str:
-        return self.study_name or f"{self.variant}-{dataset_slug(self.dataset)}-{self.objective}"
-
-    @property
-    def resolved_pruner(self) -> str:
-        return self.pruner or ("median" if self.objective == "neg-elbo" else "none")
-
-    @property
-    def objective_names(self) -> tuple[str, ...]:
-        return OBJECTIVES[self.objective]
-
-    @property
-    def resolved_threads(self) -> int:
-        """torch CPU threads per job: ``threads``, else half the cores shared among the jobs (>= 1).
-
-        Small models gain nothing from more intra-op threads, and OpenMP threads that outnumber the
-        free cores slow training down by an order of magnitude when anything else runs.
-        """
-        return self.threads or max(1, (os.cpu_count() or 2) // 2 // self.jobs)
 
 
 @dataclass
@@ -260,8 +160,6 @@ class StudyRun:
 
     def _sync_leftovers(self) -> None:
         """Send what ended processes left spooled for this tracking server (best effort)."""
-        from bench.tracking.spool import sync_spool
-
         try:
             report = sync_spool(self.tracking_uri, self.client.spool_dir)
         except Exception as exc:  # noqa: BLE001 -- the study must not fail for an old spool
@@ -279,8 +177,6 @@ class StudyRun:
 
     def _on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial failed by heartbeat: retry it (Optuna) and end its orphaned MLflow run FAILED."""
-        from bench.tracking.spool import LOCAL_PREFIX
-
         retry_stale_trial()(study, trial)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if self.client is None or not run_id or run_id.startswith(LOCAL_PREFIX):
@@ -295,24 +191,26 @@ class StudyRun:
                   f"{redact_url(str(exc))[:200]}", file=sys.stderr)
 
     def _open_study(self, storage: optuna.storages.BaseStorage) -> optuna.Study:
+        """Create or load the study; its defining settings must match ``spec``'s (:class:`CLIError` if not).
+
+        A new study gets every defining and stored setting as a user attribute; one marked ``rewrite``
+        (``trials_total``) is written by every invocation.
+        """
         spec = self.spec
         directions = ["minimize"] * len(spec.objective_names)
         study = optuna.create_study(storage=storage, study_name=spec.name, directions=directions,
                                     load_if_exists=True)
-        wanted = {"variant": spec.variant, "dataset": spec.dataset, "objective": spec.objective, "epochs": spec.epochs}
+        wanted = study_attrs(spec)
         attrs = study.user_attrs
-        for key in FIXED_ATTRS:
+        for f in fields_of(Role.DEFINES):
+            key = attr_name(f)
             if key in attrs and attrs[key] != wanted[key]:
                 raise CLIError(f"study {spec.name!r} was made with {key}={attrs[key]!r}, not {wanted[key]!r}; "
                                "rerun with the same settings or pick another --study-name")
-        for key in FIXED_ATTRS:
-            if key not in attrs:
+        for f in fields_of(Role.DEFINES, Role.STORED):
+            key = attr_name(f)
+            if key not in attrs or (setting_of(f).rewrite and attrs[key] != wanted[key]):
                 study.set_user_attr(key, wanted[key])
-        for key in SPEC_ATTRS:
-            if key not in attrs:
-                study.set_user_attr(key, getattr(spec, key))
-        if attrs.get("trials_total") != spec.trials:
-            study.set_user_attr("trials_total", spec.trials)
         return study
 
     def _open_parent(self, study: optuna.Study) -> RunTracker:
@@ -452,6 +350,16 @@ def best_trial(study: optuna.Study, objective_names: tuple[str, ...]) -> FrozenT
     if len(objective_names) == 1:
         return min(complete, key=lambda t: t.value)
     return min(complete, key=lambda t: sum(t.values))
+
+
+def stored_settings(storage_url: str, study_name: str, heartbeat: int) -> dict[str, Any] | None:
+    """The defining and stored settings of an existing study, by StudySpec field name (None: no such study)."""
+    storage = open_storage(storage_url, heartbeat=heartbeat)
+    try:
+        attrs = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+    except KeyError:
+        return None
+    return settings_from_attrs(attrs)
 
 
 def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool = True,

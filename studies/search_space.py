@@ -2,8 +2,7 @@
 
 Every variant searches :data:`COMMON`; ``beta-cvae`` adds the KL weight and its schedule,
 ``flow-cvae`` the flow type and length. Distributions are Optuna's own. :func:`suggest` turns a
-trial's values into the keyword arguments of :func:`bench.training.presets.model_config` and
-:class:`bench.training.config.TrainConfig`.
+trial's values into the keyword arguments of :func:`bench.model_config` and :class:`bench.TrainConfig`.
 """
 
 from __future__ import annotations

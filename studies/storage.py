@@ -12,19 +12,23 @@
 
 Both are files ``optuna-dashboard`` opens: ``optuna-dashboard sqlite:///optuna.db`` or
 ``optuna-dashboard study.journal``. Messages never show a URL's password.
+
+Optuna is imported when a storage is opened, not before: :mod:`studies.spec` checks URLs with
+:func:`check_url` while the command line builds ``--help``.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Callable
-
-import optuna
+from typing import TYPE_CHECKING, Callable
 
 from bench.errors import CLIError
-from bench.tracking.redaction import redact_url
+from bench.tracking import redact_url
 from studies.lock import study_lock
+
+if TYPE_CHECKING:
+    import optuna
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 #: Seconds between heartbeats of a running trial; it is failed after 2x this without one.
@@ -35,7 +39,7 @@ JOURNAL_SUFFIXES = (".journal", ".log")
 SCHEMA_LOCK = "optuna-schema"  # the study_lock name that guards creating Optuna's tables
 _SQLITE_TIMEOUT_S = 30  # several threads/processes share one SQLite file: wait for the lock, not fail
 
-StaleTrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+StaleTrialCallback = Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None]
 
 
 def is_journal(url: str) -> bool:
@@ -62,6 +66,8 @@ def check_url(url: str) -> None:
 
 def retry_stale_trial(max_retry: int = MAX_RETRY) -> StaleTrialCallback:
     """Optuna's own retry of heartbeat-stale trials (a WAITING copy with the same params)."""
+    import optuna
+
     return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
 
@@ -73,6 +79,8 @@ def open_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = DEFAULT_HEARTBE
     by heartbeat (default :func:`retry_stale_trial`). Errors (bad URL, unreachable server, missing
     driver, missing folder) raise :class:`CLIError` with the password masked.
     """
+    import optuna
+
     check_url(url)
     if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
         raise CLIError(f"--heartbeat {heartbeat!r}: must be an integer >= 1 (seconds)")

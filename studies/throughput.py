@@ -32,7 +32,7 @@ from pathlib import Path
 
 import optuna
 
-from bench.tracking.redaction import redact_url
+from bench.tracking import redact_url
 from studies.storage import open_storage
 
 

@@ -11,7 +11,6 @@ import sys
 
 from bench.cli.arguments import OneLineParser
 from bench.errors import CLIError
-from bench.tracking.mlflow_env import configure_mlflow_environment
 from models.config import ConfigError
 
 #: Each module defines ``add_parser(subparsers)``, which registers one subcommand whose
@@ -22,6 +21,8 @@ COMMAND_MODULES = (
     "studies.cli.suite",     # suite
     "studies.cli.report",    # report
     "studies.cli.worker",    # worker
+    "bench.cli.sample",      # sample
+    "bench.cli.evaluate",    # evaluate
     "bench.cli.steptime",    # steptime
     "bench.cli.compare",     # compare
     "bench.cli.regress",     # regress
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.tracking import configure_mlflow_environment
+
     configure_mlflow_environment()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,122 +1,27 @@
-"""``cvae-bench report``: the trials of a study joined with their MLflow runs, as one table.
-
-One row per trial: Optuna's columns (:meth:`optuna.Study.trials_dataframe`: number, state,
-value(s) named after the objectives, ``params_*``, ``user_attrs_*``, durations) and, from the trial's
-MLflow child run (found under the study's parent run by ``tags.mlflow.parentRunId``), ``run_id``,
-``run_status``, ``end_reason`` and every metric's latest value as ``mlflow.<metric>``.
-"""
+"""``cvae-bench report``: the trials of a study joined with their MLflow runs (:mod:`studies.report`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from bench.errors import CLIError
-from studies.storage import DEFAULT_STORAGE
-
-#: Columns printed (when present); the CSV holds them all.
-PRINTED = ("number", "state", "val_neg_elbo", "val_recon", "val_kl", "mlflow.test_neg_elbo", "mlflow.test_iw_nll",
-           "mlflow.test_active_units", "mlflow.test_cond_acc", "run_status", "end_reason")
-
-
-def load_study(storage_url: str, study_name: str):
-    """The study, or :class:`CLIError` naming the studies that exist."""
-    import optuna
-
-    from studies.storage import open_storage, study_names
-
-    path = _local_file(storage_url)
-    if path is not None and not path.is_file():
-        raise CLIError(f"no Optuna storage at {path} (give --storage URL)")
-    storage = open_storage(storage_url)
-    names = study_names(storage)
-    if study_name not in names:
-        known = ", ".join(names) if names else "none"
-        raise CLIError(f"no study named {study_name!r} in {_redact(storage_url)} (studies there: {known})")
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def _local_file(url: str) -> Path | None:
-    """The file behind a ``sqlite:///`` URL or a journal path (None for servers)."""
-    from studies.storage import is_journal
-
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        return Path(url[len("sqlite:///"):].split("?")[0]).expanduser()
-    return Path(url).expanduser() if is_journal(url) else None
-
-
-def _redact(url: str) -> str:
-    from bench.tracking.redaction import redact_url
-
-    return redact_url(url)
-
-
-def child_runs(client: Any, parent_run_id: str) -> list:
-    """Every child run of ``parent_run_id`` (all pages)."""
-    parent = client.get_run(parent_run_id)
-    runs, token = [], None
-    while True:
-        page = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                  max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def runs_frame(runs: list):
-    """One row per trial number (the latest run when a trial number has several) of run info + metrics."""
-    import pandas as pd
-
-    rows = {}
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        number = run.data.tags.get("trial_number")
-        if number is None:
-            continue
-        row = {"number": int(number), "run_id": run.info.run_id, "run_status": run.info.status,
-               "end_reason": run.data.tags.get("end_reason", "")}
-        row.update({f"mlflow.{k}": v for k, v in sorted(run.data.metrics.items())})
-        rows[int(number)] = row
-    return pd.DataFrame(list(rows.values()), columns=None if rows else ["number", "run_id", "run_status", "end_reason"])
-
-
-def study_report(study, client: Any | None) -> Any:
-    """The trials of ``study`` left-joined with their MLflow child runs (``client=None``: Optuna only)."""
-    from studies.objective import OBJECTIVES
-    from studies.plots import trials_table
-
-    objective = study.user_attrs.get("objective", "neg-elbo")
-    frame = trials_table(study, OBJECTIVES.get(objective, ("value",)))
-    if "state" in frame:
-        frame["state"] = frame["state"].astype(str)
-    parent_id = study.user_attrs.get("mlflow_parent_run_id")
-    if client is None or not parent_id or frame.empty:
-        return frame
-    from mlflow.exceptions import MlflowException
-
-    try:
-        runs = runs_frame(child_runs(client, parent_id))
-    except MlflowException as exc:  # the parent run lives in another tracking store, or the store is unreachable
-        frame.attrs["mlflow_error"] = " ".join(str(exc).split())[:200]
-        return frame
-    return frame.merge(runs, on="number", how="left")
+from studies.spec import DEFAULT_STORAGE
 
 
 def run_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from bench.tracking import make_client, resolve_tracking_uri
+    from bench.tracking import redact_url, resolve_tracking_uri
+    from studies.report import PRINTED, load_study, study_report, tracking_client
 
     study = load_study(args.storage, args.study_name)
     uri = resolve_tracking_uri(args.tracking_uri)
-    store = _local_file(uri)
-    client = None if args.no_track or (store is not None and not store.is_file()) else make_client(uri)
+    client = None if args.no_track else tracking_client(uri)
     frame = study_report(study, client)
     if not args.no_track and "run_id" not in frame:
         why = frame.attrs.get("mlflow_error")
-        print(f"note: no MLflow runs of this study in {_redact(uri)}{f' ({_redact(why)})' if why else ''}; "
+        print(f"note: no MLflow runs of this study in {redact_url(uri)}{f' ({redact_url(why)})' if why else ''}; "
               "Optuna columns only")
     shown = [c for c in PRINTED if c in frame] or list(frame.columns)
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 40):

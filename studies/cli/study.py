@@ -1,26 +1,97 @@
-"""``cvae-bench study``: an Optuna study of one variant, every trial an MLflow child run."""
+"""``cvae-bench study``: an Optuna study of one variant, every trial an MLflow child run.
+
+Its options are :class:`studies.spec.StudySpec`'s fields, one each (:func:`add_setting`): flag,
+type, default, choices and help come from the field's declaration. ``worker`` and ``suite`` build
+theirs with the same functions.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING, Field
+from typing import Any
 
-from bench.cli.arguments import add_data_arguments, add_device_argument, add_tracking_arguments
-from studies.storage import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE
+from bench.cli.arguments import device_name
+from studies.spec import Role, StudySpec, field_types, fields_of, setting_of, unwrap
 
-OBJECTIVE_CHOICES = ("neg-elbo", "rate-distortion")
-PRUNER_CHOICES = ("median", "hyperband", "none")
-SAMPLER_CHOICES = ("tpe", "nsga2", "random")
+#: Option parsers a setting may name (``Setting.parse``), beyond its type's.
+PARSERS = {"device": device_name}
+#: The option groups of the commands, by ``Setting.group``.
+GROUP_TITLES = {"study": "study", "data": "data", "tracking": "tracking (MLflow)"}
 
 
-def spec_from_args(args: argparse.Namespace):
-    from studies.runner import StudySpec
+def flag(f: Field, *, worker: bool = False) -> str:
+    """The option of a setting: ``Setting.flag``, else ``--<name>`` (a worker names a stored setting
+    after its study user attribute: ``--trials-total``)."""
+    s = setting_of(f)
+    name = (s.attr or f.name) if worker else f.name
+    return s.flag or "--" + name.replace("_", "-")
 
-    return StudySpec(variant=args.variant, dataset=args.dataset, trials=args.trials, epochs=args.epochs,
-                     objective=args.objective, pruner=args.pruner, sampler=args.sampler, storage=args.storage,
-                     study_name=args.study_name, timeout=args.timeout, jobs=args.jobs, seed=args.seed,
-                     device=args.device, iw_samples=args.iw_samples, heartbeat=args.heartbeat, threads=args.threads,
-                     track=not args.no_track, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                     data_root=args.data_root, download=args.download, image_size=args.image_size, limit=args.limit)
+
+def _turns_off(f: Field) -> bool:
+    """A flag whose setting is on by default: its option (``--no-track``) turns it off."""
+    return unwrap(field_types()[f.name])[0] is bool and f.default is True
+
+
+def dest(f: Field) -> str:
+    """Where the option of ``f`` lands in the parsed arguments: the field's name (``no_track`` for ``track``)."""
+    return "no_" + f.name if _turns_off(f) else f.name
+
+
+def value(args: argparse.Namespace, f: Field) -> Any:
+    """The value of setting ``f`` in the parsed arguments (None: an option whose default is None, not given)."""
+    given = getattr(args, dest(f))
+    return not given if _turns_off(f) and given is not None else given
+
+
+def add_setting(group, f: Field, *, worker: bool = False, default: Any = MISSING, phrase: str = "default") -> None:
+    """Add the option of the StudySpec field ``f`` to ``group`` (read it back with :func:`value`).
+
+    ``worker``: as ``cvae-bench worker`` has it (a defining or stored setting defaults to None, "the
+    study's value"; ``Setting.worker_*`` apply). ``default`` replaces the field's (None: "not given");
+    ``phrase`` is how the help names the default. A flag (a bool setting) is False when not given.
+    """
+    s = setting_of(f)
+    if worker and s.role is not Role.LOCAL:
+        default, phrase = None, "new study default"
+    base, _ = unwrap(field_types()[f.name])
+    help_text = s.help_text(f.default, phrase, s.worker_help if worker else None)
+    kwargs: dict[str, Any] = {"dest": dest(f), "help": help_text}
+    if base is bool:  # a flag: given, it turns the setting's default over
+        kwargs["action"] = "store_true"
+        if default is MISSING:
+            default = False
+    else:
+        kwargs["type"] = PARSERS[s.parse] if s.parse else (base if base in (int, float) else None)
+        if s.metavar:
+            kwargs["metavar"] = s.metavar
+        if s.choices:
+            kwargs["choices"] = s.choices
+    if worker and s.worker_required:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = f.default if default is MISSING else default
+    group.add_argument(flag(f, worker=worker), **kwargs)
+
+
+def add_progress_argument(group) -> None:
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_study_arguments(p: argparse.ArgumentParser) -> None:
+    """Every StudySpec field as an option, in its group, plus ``--no-progress``."""
+    for key, title in GROUP_TITLES.items():
+        group = p.add_argument_group(title)
+        for f in fields_of():
+            if setting_of(f).group == key:
+                add_setting(group, f)
+        if key == "study":
+            add_progress_argument(group)
+
+
+def spec_from_args(args: argparse.Namespace) -> StudySpec:
+    """The StudySpec of the options (every field is an option of the same name)."""
+    return StudySpec(**{f.name: value(args, f) for f in fields_of()})
 
 
 def run_study_command(args: argparse.Namespace) -> int:
@@ -35,45 +106,11 @@ def run_study_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_study_arguments(p: argparse.ArgumentParser, *, trials_default: int = 20, epochs_default: int = 10) -> None:
-    g = p.add_argument_group("study")
-    g.add_argument("--variant", default="cvae", help="cvae, beta-cvae or flow-cvae (default cvae)")
-    g.add_argument("--trials", type=int, default=trials_default, metavar="N",
-                   help=f"finished (complete or pruned) trials wanted in total; a rerun runs only the missing ones "
-                        f"(default {trials_default})")
-    g.add_argument("--epochs", type=int, default=epochs_default, help=f"epochs per trial (default {epochs_default})")
-    g.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
-                   help=f"Optuna storage: an RDB URL (default {DEFAULT_STORAGE}; postgresql://user:pw@host/db) or a "
-                        "journal file ending in .journal; optuna-dashboard opens either")
-    g.add_argument("--study-name", default=None, metavar="NAME",
-                   help="default <variant>-<dataset>-<objective>; the same name resumes the study")
-    g.add_argument("--objective", default="neg-elbo", choices=OBJECTIVE_CHOICES,
-                   help="neg-elbo: minimise val -ELBO with pruning; rate-distortion: minimise (val_recon, val_kl), "
-                        "a Pareto front (default neg-elbo)")
-    g.add_argument("--pruner", default=None, choices=PRUNER_CHOICES,
-                   help="default median for neg-elbo, none for rate-distortion")
-    g.add_argument("--sampler", default="tpe", choices=SAMPLER_CHOICES, help="default tpe")
-    g.add_argument("--timeout", type=float, default=None, metavar="S",
-                   help="start no trial after S seconds (default: no limit)")
-    g.add_argument("--jobs", type=int, default=1, metavar="J", help="trials run side by side in threads (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the data split, the models and the sampler (default 0)")
-    add_device_argument(g)
-    g.add_argument("--iw-samples", type=int, default=100, help="k of the importance-weighted test bound (default 100)")
-    g.add_argument("--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="S",
-                   help=f"RDB storages: a running trial beats every S seconds; one silent for 2*S (its process "
-                        f"was killed) is failed and retried (default {DEFAULT_HEARTBEAT_S})")
-    g.add_argument("--threads", type=int, default=None, metavar="T",
-                   help="torch CPU threads per job (default: half the cores shared among the jobs, at least 1)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "study", help="run (or resume) an Optuna study of one variant, tracked in MLflow",
         description="Search one variant's hyperparameters with Optuna. Each trial trains one configuration and is "
                     "an MLflow child run of the study's parent run; rerunning the same command resumes the study.")
     add_study_arguments(p)
-    add_data_arguments(p)
-    add_tracking_arguments(p, None)
     p.set_defaults(func=run_study_command)
     return p

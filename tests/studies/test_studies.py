@@ -170,7 +170,7 @@ def test_rerun_with_the_same_total_runs_nothing_and_keeps_the_parent(main_study,
 
 
 def test_report_joins_trials_with_their_runs(main_study, tmp_path, capsys):
-    from studies.cli.report import study_report
+    from studies.report import study_report
 
     frame = study_report(main_study.load(), main_study.client())
     assert list(frame["number"]) == [0, 1, 2, 3]

@@ -9,7 +9,7 @@ import pytest
 
 from bench.evaluation.posterior_collapse import collapse_note
 from studies.cli import main
-from studies.cli.suite import collapse_notes
+from studies.suite import collapse_notes
 
 
 def test_note_only_when_no_unit_is_active():
