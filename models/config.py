@@ -153,6 +153,21 @@ class CVAEConfig:
         c, h, w = self.input_shape
         return c * h * w
 
+    def to_dict(self) -> dict[str, Any]:
+        """The config as nested JSON-ready data; :meth:`from_dict` rebuilds it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CVAEConfig":
+        """The config :meth:`to_dict` wrote (validated again; unknown keys are a ConfigError)."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        _require(not unknown, "config", unknown, f"unknown keys; expected some of {', '.join(sorted(known))}")
+        values = dict(data)
+        values["beta"] = BetaConfig(**values.get("beta", {}))
+        values["flow"] = FlowConfig(**values["flow"]) if values.get("flow") else None
+        return cls(**values)
+
     def to_flat_dict(self) -> dict[str, Any]:
         """The whole config as one flat ``{name: value}`` mapping, readable as MLflow params."""
         flat: dict[str, Any] = {}

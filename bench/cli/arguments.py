@@ -103,6 +103,15 @@ def add_tracking_arguments(p: argparse.ArgumentParser, default_experiment: str |
     g.add_argument("--no-track", action="store_true", help="log nothing to MLflow")
 
 
+def add_model_uri_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (MLflow)")
+    g.add_argument("--model", required=True, metavar="URI",
+                   help="models:/NAME@ALIAS (e.g. models:/suite-cvae-digits@best), models:/NAME/VERSION, "
+                        "models:/MODEL_ID, or the id of the run that logged it")
+    g.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
 def check_writable(path: str, option: str) -> None:
     """Fail before training, not after it, when the output file ``path`` cannot be written."""
     target = Path(path)

@@ -1,7 +1,7 @@
 """MLflow writes that survive an unreachable tracking server.
 
 :class:`ResilientClient` wraps the few ``MlflowClient`` writes the harness makes (create_run,
-log_batch, log_artifact, set_tag, set_terminated). A write that fails for a transient reason
+log_batch, log_artifact, log_inputs, a logged model, update_run, set_terminated). A write that fails for a transient reason
 (connection refused, timeout, 5xx, a locked SQLite file) opens a circuit: the write and every later
 write go to a local *spool* -- one JSON line each, in order -- and training carries on without
 blocking. After a back-off (1 s, 2 s, 4 s ... up to 60 s) the next write first replays the spool; on
@@ -151,6 +151,19 @@ class ResilientClient:
         self._submit({"op": "log_artifact", "run_id": run_id, "local_path": str(local_path),
                       "artifact_path": artifact_path})
 
+    def log_model(self, run_id: str, saved_folder: str | Path, *, step: int, metrics: dict[str, float],
+                  params: dict[str, str], tags: dict[str, str], requirements: Sequence[str],
+                  dataset: dict[str, str] | None = None) -> None:
+        """A saved CVAE folder as a logged model of the run (:func:`bench.tracking.logged_model.log_logged_model`)."""
+        self._submit({"op": "log_model", "run_id": run_id, "local_path": str(saved_folder), "step": int(step),
+                      "metrics": {k: float(v) for k, v in metrics.items()},
+                      "params": {k: str(v) for k, v in params.items()}, "tags": {k: str(v) for k, v in tags.items()},
+                      "requirements": list(requirements), "dataset": dataset})
+
+    def log_inputs(self, run_id: str, datasets: Sequence[dict[str, str]]) -> None:
+        """Datasets the run read: dicts of name, digest, source_type, source, profile, context."""
+        self._submit({"op": "log_inputs", "run_id": run_id, "datasets": [dict(d) for d in datasets]})
+
     def update_run(self, run_id: str, status: str) -> None:
         self._submit({"op": "update_run", "run_id": run_id, "status": status})
 
@@ -204,6 +217,20 @@ class ResilientClient:
                                       tags=tags[i * t:(i + 1) * t])
         elif op == "log_artifact":
             self.client.log_artifact(run_id, record["local_path"], record["artifact_path"])
+        elif op == "log_model":
+            from bench.tracking.logged_model import log_logged_model
+
+            log_logged_model(self.client, run_id, record["local_path"], step=record["step"], metrics=record["metrics"],
+                             params=record["params"], tags=record["tags"], requirements=record["requirements"],
+                             dataset=record["dataset"])
+        elif op == "log_inputs":
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            self.client.log_inputs(run_id, datasets=[
+                DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                                     source=d["source"], schema=d.get("schema"), profile=d.get("profile")),
+                             tags=[InputTag("mlflow.data.context", d["context"])])
+                for d in record["datasets"]])
         elif op == "update_run":
             self.client.update_run(run_id, status=record["status"])
         elif op == "set_terminated":
@@ -215,12 +242,15 @@ class ResilientClient:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         if self._owner_fd is None:
             self._owner_fd = _try_lock(self._file.with_suffix(".lock"))
-        if record["op"] == "log_artifact":  # the caller may delete its file: keep a copy
+        if record["op"] in ("log_artifact", "log_model"):  # the caller may delete its files: keep a copy
             self._files_dir.mkdir(exist_ok=True)
             src = Path(record["local_path"])
             dst = self._files_dir / uuid.uuid4().hex[:8] / src.name  # the artifact keeps its name
             dst.parent.mkdir()
-            shutil.copy2(src, dst)
+            if src.is_dir():
+                shutil.copytree(src, dst)
+            else:
+                shutil.copy2(src, dst)
             record = {**record, "local_path": str(dst)}
         if not self._file.exists():
             self._file.write_text(json.dumps({"op": "header", "tracking_uri": redact_url(self.tracking_uri)}) + "\n")

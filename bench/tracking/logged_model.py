@@ -1,0 +1,184 @@
+"""A saved CVAE folder (:mod:`models.saved_model`) as an MLflow 3 logged model of a run.
+
+The model is a pyfunc model: its ``data`` is the saved folder, its ``code`` the ``models`` package
+(pure PyTorch), its ``loader_module`` :mod:`models.saved_model`; so it reloads with only torch
+installed (``mlflow.pyfunc.load_model(uri).predict(labels)`` draws images), and the pip requirements
+are explicit -- nothing is inferred when it is logged.
+
+The MLmodel folder is assembled here with MLflow's own pieces (``Model``, ``pyfunc.add_to_model``,
+its environment files) rather than by ``mlflow.pyfunc.save_model``: that call first maps every
+installed distribution to its modules to warn about mismatched requirements, ~1.7 s of CPU per
+process, which is longer than a whole tracked ``train`` on digits is allowed to add.
+
+Everything runs where the run's writes run (:class:`bench.tracking.spool.ResilientClient`): in the
+training process of a study, in the tracking process of ``train``. Neither needs torch for it.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import models
+
+#: The name of every logged model (MLflow's Models tab groups by it) and its ``model_type``.
+MODEL_NAME = "cvae"
+MODEL_TYPE = "cvae"
+LOADER_MODULE = "models.saved_model"
+#: Where the ``models`` package is copied from (the code the logged model carries).
+MODELS_PACKAGE = Path(models.__file__).resolve().parent
+
+
+def pip_requirements(torch_version: str) -> list[str]:
+    """What loading the model needs: torch (the version it was trained with, without a local build
+    suffix such as ``+cu130``) and numpy. MLflow itself is added by MLflow."""
+    return [f"torch=={torch_version.split('+')[0]}", "numpy"]
+
+
+def write_model_folder(path: Path, saved_folder: Path, *, model_id: str, artifact_location: str, run_id: str,
+                       requirements: Sequence[str]) -> None:
+    """An MLflow model folder at ``path``: MLmodel, data/, code/models/, requirements and environment files."""
+    from mlflow.models import Model
+    from mlflow.pyfunc import add_to_model
+    from mlflow.utils.environment import _mlflow_conda_env, _PythonEnv
+
+    path.mkdir(parents=True)
+    shutil.copytree(saved_folder, path / "data")
+    shutil.copytree(MODELS_PACKAGE, path / "code" / "models", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    mlflow_model = Model(artifact_path=artifact_location, model_uuid=model_id, run_id=run_id, model_id=model_id)
+    add_to_model(mlflow_model, loader_module=LOADER_MODULE, data="data", code="code", conda_env="conda.yaml",
+                 python_env="python_env.yaml")
+    (path / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    _mlflow_conda_env(path / "conda.yaml", additional_pip_deps=list(requirements), install_mlflow=False)
+    _PythonEnv(python=platform.python_version(), build_dependencies=["pip"],
+               dependencies=["-r requirements.txt"]).to_yaml(path / "python_env.yaml")
+    mlflow_model.save(str(path / "MLmodel"))
+
+
+def log_logged_model(client: Any, run_id: str, saved_folder: str | Path, *, step: int,
+                     metrics: Mapping[str, float], params: Mapping[str, str], tags: Mapping[str, str],
+                     requirements: Sequence[str], dataset: Mapping[str, str] | None = None) -> str:
+    """Log ``saved_folder`` as a READY logged model of run ``run_id`` (an output of the run at ``step``),
+    with ``metrics`` linked to it (and to ``dataset`` -- ``{"name", "digest"}`` -- when given).
+    ``client`` is a plain ``MlflowClient``. Returns the model id (``m-...``)."""
+    from mlflow.entities import LoggedModelOutput, Metric
+
+    experiment_id = client.get_run(run_id).info.experiment_id
+    logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                                        params=dict(params), tags=dict(tags), model_type=MODEL_TYPE)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cvae-bench-model-") as tmp:
+            folder = Path(tmp) / "model"
+            write_model_folder(folder, Path(saved_folder), model_id=logged.model_id,
+                               artifact_location=logged.artifact_location, run_id=run_id, requirements=requirements)
+            client.log_model_artifacts(logged.model_id, str(folder))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(logged.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    now = int(time.time() * 1000)
+    named = dict(dataset_name=dataset["name"], dataset_digest=dataset["digest"]) if dataset else {}
+    rows = [Metric(k, float(v), now, step, model_id=logged.model_id, **named) for k, v in metrics.items()]
+    if rows:
+        client.log_batch(run_id, metrics=rows)
+    return logged.model_id
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding and loading a logged model
+
+#: What ``--model`` accepts, for error messages.
+URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, models:/MODEL_ID or a run id"
+
+
+def find_run_model(client: Any, run_id: str) -> Any | None:
+    """The latest READY logged model whose source run is ``run_id`` (None if the run logged none)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models(experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'",
+                                        order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+    ready = [m for m in found if str(m.status) in ("READY", "LoggedModelStatus.READY")]
+    return ready[0] if ready else None
+
+
+def resolve_model(client: Any, uri: str) -> Any:
+    """The logged model ``uri`` names (see :data:`URI_FORMS`); a :class:`bench.errors.CLIError` naming the
+    URI, and where it can what exists, when there is no such model."""
+    from mlflow.exceptions import MlflowException
+
+    from bench.errors import CLIError
+
+    def missing(what: str) -> CLIError:
+        return CLIError(f"--model {uri}: {what}")
+
+    try:
+        if not uri.startswith("models:/"):
+            try:
+                client.get_run(uri)
+            except MlflowException:
+                raise missing(f"no run {uri!r} in this tracking store (give {URI_FORMS})") from None
+            model = find_run_model(client, uri)
+            if model is None:
+                raise missing(f"run {uri} logged no model (was it trained with --no-model, pruned or failed?)")
+            return model
+        ref = uri[len("models:/"):]
+        if ref.startswith("m-") and "/" not in ref and "@" not in ref:
+            try:
+                return client.get_logged_model(ref)
+            except MlflowException:
+                raise missing(f"no logged model with id {ref!r}") from None
+        name, alias, version = ref, None, None
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+        elif "/" in ref:
+            name, version = ref.rsplit("/", 1)
+        try:
+            registered = client.get_registered_model(name)
+        except MlflowException:
+            names = sorted(m.name for m in client.search_registered_models())
+            raise missing(f"no registered model {name!r}; registered: {', '.join(names) or 'none'}") from None
+        try:
+            mv = (client.get_model_version_by_alias(name, alias) if alias is not None
+                  else client.get_model_version(name, version or ""))
+        except MlflowException:
+            if alias is not None:
+                have = ", ".join(sorted(registered.aliases)) or "none"
+                raise missing(f"registered model {name!r} has no alias {alias!r}; its aliases: {have}") from None
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+            raise missing(f"registered model {name!r} has no version {version!r}; its versions: "
+                          f"{', '.join(map(str, versions)) or 'none'}") from None
+        if not mv.model_id:
+            raise missing(f"version {mv.version} of {name!r} is not a logged model of this suite (source {mv.source})")
+        return client.get_logged_model(mv.model_id)
+    except CLIError:
+        raise
+    except MlflowException as exc:
+        raise missing(" ".join(str(exc).split())[:300]) from None
+
+
+def load_logged_model(client: Any, uri: str, *, map_location: str = "cpu") -> Any:
+    """The :class:`models.saved_model.SavedCVAE` behind ``uri``, downloaded to a temporary folder.
+
+    Missing or corrupt files are one :class:`bench.errors.CLIError` line naming the URI."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from bench.errors import CLIError
+    from models.saved_model import SavedModelError, load
+
+    model = resolve_model(client, uri)
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-load-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=tmp,
+                                                        tracking_uri=client._tracking_client.tracking_uri)
+        except (MlflowException, OSError) as exc:
+            raise CLIError(f"--model {uri}: cannot download {model.model_id}'s files "
+                           f"({' '.join(str(exc).split())[:200]})") from None
+        try:
+            return load(Path(local) / "data", map_location=map_location)
+        except SavedModelError as exc:
+            raise CLIError(f"--model {uri}: the logged model's files are missing or corrupt: {exc}") from None
