@@ -10,6 +10,7 @@ Every quantity is per example, in nats:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -107,7 +108,7 @@ class CVAE(nn.Module):
         z, log_q, _ = self._latent(rep(mu), rep(logvar), rep(h))
         log_px = self.likelihood.log_prob(self.decode(z, rep(c)), rep(x.flatten(1)))
         log_w = (log_px + log_standard_normal(z) - log_q).view(k, b)
-        return torch.logsumexp(log_w, dim=0) - torch.log(torch.tensor(float(k), device=x.device))
+        return torch.logsumexp(log_w, dim=0) - math.log(k)  # a Python float: no host-device copy per batch
 
     # -- inspection ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -17,7 +17,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def digits():
-    """scikit-learn's 8x8 digits as :class:`bench.data.datasets.DataSplits` (1437/180/180, CPU)."""
+    """scikit-learn's 8x8 digits as :class:`bench.data.DataSplits` (1437/180/180, CPU)."""
     from bench.data import load_dataset
 
     return load_dataset("digits")
@@ -27,3 +27,4 @@ def digits():
 def _spool_in_tmp(tmp_path_factory):
     """MLflow writes spooled during tests (outages) stay out of the user's ~/.cache."""
     os.environ["CVAE_BENCH_SPOOL"] = str(tmp_path_factory.mktemp("mlflow-spool"))
+    os.environ["CVAE_BENCH_CHECKPOINTS"] = str(tmp_path_factory.mktemp("checkpoints"))  # nor checkpoints

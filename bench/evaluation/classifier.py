@@ -55,9 +55,11 @@ def train_classifier(data: DataSplits, *, seed: int = 0, epochs: int | None = No
 
 @torch.no_grad()
 def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    correct = sum((net(x[s:s + batch_size]).argmax(1) == y[s:s + batch_size]).sum().item()
-                  for s in range(0, len(y), batch_size))
-    return correct / len(y)
+    """Fraction of the images x (N, C, H, W) that ``net`` labels y (N,); one read back at the end."""
+    correct = torch.zeros((), dtype=torch.long, device=y.device)
+    for s in range(0, len(y), batch_size):
+        correct += (net(x[s:s + batch_size]).argmax(1) == y[s:s + batch_size]).sum()
+    return correct.item() / len(y)
 
 
 @torch.no_grad()

@@ -1,11 +1,13 @@
-"""Training: TrainConfig and model presets, the optimiser and train step, fit, the step timer."""
+"""Training: TrainConfig and model presets, the optimiser and train step, the harness loop, fit, the
+step timer."""
 
 from bench.training.config import AMP_DTYPES, DEVICES, TrainConfig, resolve_device
+from bench.training.harness_loop import HarnessLoop
 from bench.training.loop import FitResult, NonFiniteLossError, fit
 from bench.training.presets import check_variant, model_config
 from bench.training.step import ADAM_IMPLEMENTATIONS, make_optimizer, make_train_step
 from bench.training.step_timer import StepTimer
 
-__all__ = ["ADAM_IMPLEMENTATIONS", "AMP_DTYPES", "DEVICES", "FitResult", "NonFiniteLossError", "StepTimer",
-           "TrainConfig", "check_variant", "fit", "make_optimizer", "make_train_step", "model_config",
+__all__ = ["ADAM_IMPLEMENTATIONS", "AMP_DTYPES", "DEVICES", "FitResult", "HarnessLoop", "NonFiniteLossError",
+           "StepTimer", "TrainConfig", "check_variant", "fit", "make_optimizer", "make_train_step", "model_config",
            "resolve_device"]

@@ -34,6 +34,7 @@ class TrainConfig:
     cond_samples_per_class: int = 100
     amp: str = "none"
     compile: bool = False
+    cuda_graphs: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "iw_samples", "eval_batch_size", "cond_samples_per_class"):
@@ -50,13 +51,35 @@ class TrainConfig:
             raise ConfigError(f"device={self.device!r}: must be one of {', '.join(DEVICES)}")
         if self.amp not in AMP_DTYPES:
             raise ConfigError(f"amp={self.amp!r}: must be one of {', '.join(AMP_DTYPES)}")
+        if not (self.cuda_graphs is None or isinstance(self.cuda_graphs, bool)):
+            raise ConfigError(f"cuda_graphs={self.cuda_graphs!r}: must be True, False or None (on when the "
+                              f"device is CUDA)")
+        if self.cuda_graphs and self.device == "cpu":
+            raise ConfigError(_graphs_need_cuda(self.device, "cpu"))
 
     def resolve_device(self) -> torch.device:
         """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a ConfigError."""
         return resolve_device(self.device)
 
+    def use_cuda_graphs(self, device: torch.device) -> bool:
+        """Whether steps run as CUDA graphs on the resolved ``device``: ``cuda_graphs``, or None -> on CUDA.
+
+        ``cuda_graphs=True`` on a device that is not CUDA (e.g. ``auto`` without a GPU) is a ConfigError.
+        """
+        if self.cuda_graphs is None:
+            return device.type == "cuda"
+        if self.cuda_graphs and device.type != "cuda":
+            raise ConfigError(_graphs_need_cuda(self.device, device.type))
+        return self.cuda_graphs
+
     def to_flat_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _graphs_need_cuda(name: str, resolved: str) -> str:
+    where = "is not one" if name == resolved else f"is {resolved} here"
+    return (f"cuda_graphs=True: CUDA graphs need a CUDA device, and device={name!r} {where} "
+            f"(use a CUDA device, or leave cuda_graphs unset: None turns them on only on CUDA)")
 
 
 def _cuda_index(name: object) -> int | None:

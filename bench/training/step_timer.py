@@ -1,7 +1,8 @@
 """Per-step wall times without synchronising inside the loop.
 
-On CUDA a ``torch.cuda.Event`` is recorded after each step and the gaps are read once, after a
-single synchronise; on CPU the monotonic clock is read after each step.
+On CUDA a ``torch.cuda.Event`` is recorded on the current stream of the timer's device after each
+step and the gaps are read once, after a single synchronise; on CPU the monotonic clock is read
+after each step.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 class StepTimer:
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.cuda = device.type == "cuda"
         self._marks: list = []
 
@@ -25,7 +27,7 @@ class StepTimer:
         """Record the end of a step (and the start of the next)."""
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))
             self._marks.append(event)
         else:
             self._marks.append(time.perf_counter())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.data.datasets import Split
+from bench.data import Split
 from bench.evaluation import elbo as evaluate
 from models import CVAE, CVAEConfig
 
@@ -61,3 +61,79 @@ def test_split_means_do_not_depend_on_the_batch_size(monkeypatch):
     assert got["kl"] > 0.01 and got["recon"] > 1.0  # not vacuous
     # iw_nll batches k * B samples (here 14 examples a batch for k = 4): the same per-example mean
     assert evaluate.iw_nll(model, split, k=4, batch_size=7) == pytest.approx(iw, rel=1e-5)
+
+
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Names of the Tensor methods that read a value back to the host, one entry per call."""
+    calls: list[str] = []
+    for name in HOST_READS:
+        def counted(self, *args, _real=getattr(torch.Tensor, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def test_evaluation_reads_back_once_however_many_batches(digits, host_reads):
+    """No host read inside the batch loops: on CUDA the batches run without a synchronisation between them."""
+    from bench.evaluation import classifier
+    from bench.training.presets import model_config
+
+    torch.manual_seed(0)
+    model = CVAE(model_config("flow-cvae", digits))
+    judge = classifier._make_net(digits.input_shape, digits.num_classes)
+    val = digits.val  # 180 examples: batches of 16 -> 12 batches; iw_nll with k = 8 -> 12 batches of 15
+    runs = {
+        "elbo_terms": (lambda: evaluate.elbo_terms(model, val, batch_size=16), ["tolist"]),
+        "iw_nll": (lambda: evaluate.iw_nll(model, val, k=8, batch_size=16), ["item"]),
+        "active_units": (lambda: evaluate.active_units(model, val, batch_size=16), ["item"]),
+        "accuracy": (lambda: classifier.accuracy(judge, val.x, val.y, batch_size=16), ["item"]),
+        "conditional_accuracy": (lambda: classifier.conditional_accuracy(model, judge, 10, 30), ["item"]),
+    }
+    for name, (run, expected) in runs.items():
+        host_reads.clear()
+        run()
+        assert host_reads == expected, name
+
+
+def test_accuracy_counts_every_batch(digits):
+    """Accumulated on the device, the count is the per-batch counts' sum (the last batch partial)."""
+    from bench.evaluation import classifier
+
+    torch.manual_seed(0)
+    judge = classifier._make_net(digits.input_shape, digits.num_classes)
+    with torch.no_grad():
+        per_example = (judge(digits.val.x).argmax(1) == digits.val.y).sum().item() / len(digits.val)
+    assert classifier.accuracy(judge, digits.val.x, digits.val.y, batch_size=7) == per_example
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_evaluation_loops_never_synchronise(digits, monkeypatch):
+    """Nothing synchronises inside the loops (sync debug mode raises if it did); the one read back at the
+    end is stubbed out, and counted."""
+    from bench.evaluation import classifier
+    from bench.training.presets import model_config
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = CVAE(model_config("cvae", digits)).to(device)
+    judge = classifier._make_net(digits.input_shape, digits.num_classes).to(device)
+    val = digits.val.to(device)
+    reads = []
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append("item") or 0.0)
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append("tolist") or [0.0] * self.numel())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        evaluate.elbo_terms(model, val, batch_size=16)
+        evaluate.active_units(model, val, batch_size=16)
+        classifier.accuracy(judge, val.x, val.y, batch_size=16)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert reads == ["tolist", "item", "item"]

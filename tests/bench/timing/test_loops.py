@@ -71,3 +71,9 @@ def test_cuda_graph_step_trains_like_the_eager_step():
     for start, end in losses.values():
         assert end < start
     assert losses[True][1] == pytest.approx(losses[False][1], rel=0.1)
+
+
+def test_the_timed_harness_loop_is_the_one_fit_trains_with():
+    from bench.training import harness_loop, loop
+
+    assert HarnessLoop is harness_loop.HarnessLoop is loop.HarnessLoop

@@ -16,7 +16,14 @@ import torch
 
 from bench.data import synthetic_splits
 from bench.timing.report import add_speedups
-from bench.timing.steptime import StepTimeConfig, TimingOptions, count_step_flops, measure, result_name
+from bench.timing.steptime import (
+    StepTimeConfig,
+    StepTimeResult,
+    TimingOptions,
+    count_step_flops,
+    measure,
+    result_name,
+)
 from models.config import ConfigError
 from studies.cli import main
 
@@ -254,6 +261,54 @@ def test_gpu_sweep_quick_on_cpu_writes_json_and_markdown(tmp_path):
     assert doc["sweep"]["failed"] == [] and doc["sweep"]["skipped"] == []
     markdown = (tmp_path / "sweep.md").read_text()
     assert "floor" in markdown and "| harness | cvae |" in markdown
+    floors = {(r["variant"], r["compile"], r["cuda_graphs"], r["amp"], r["adam"]) for r in doc["results"]
+              if r["loop"] == "floor"}
+    for r in doc["results"]:
+        if r["loop"] == "harness":  # every harness row has its floor, timed in the same setting
+            assert (r["variant"], r["compile"], r["cuda_graphs"], r["amp"], r["adam"]) in floors, r["name"]
+    trial = doc["sweep"]["whole_trial"]
+    assert trial["quick"] and "scaled down" in trial["note"] and trial["dataset"] == "synthetic:8x8"
+    assert trial["steps"] == trial["epochs"] * (trial["n_train"] // 64) and trial["mode"] == "eager"
+    assert 0 < trial["steps_s"] <= trial["epoch_loops_s"] < trial["wall_s"]
+    assert trial["outside_steps_share"] == pytest.approx((trial["wall_s"] - trial["steps_s"]) / trial["wall_s"])
+    assert "## Whole trial" in markdown and "scaled down" in markdown
+
+
+def _result(loop: str, median_ms: float, **settings) -> StepTimeResult:
+    cfg = StepTimeConfig("cvae", 64, "cuda", loop=loop, **settings)
+    return StepTimeResult(variant="cvae", dataset="d", batch_size=64, device="cuda", device_name="gpu", loop=loop,
+                          mode=cfg.mode, compile=cfg.compile, amp=cfg.amp, cuda_graphs=cfg.cuda_graphs, adam=cfg.adam,
+                          median_ms=median_ms, iqr_ms=0.0, q25_ms=median_ms, q75_ms=median_ms, samples_per_s=1.0,
+                          peak_mem_mb=1.0, peak_mem_source="x", flops_per_step=1, tflops=1.0, steps_per_block=1,
+                          repeats=1)
+
+
+def test_floor_gap_compares_the_best_setting_with_its_own_floor():
+    from bench.timing.gpu_sweep import floor_gaps
+
+    results = [_result("floor", 0.10, cuda_graphs=True), _result("harness", 0.50),
+               _result("harness", 0.20, cuda_graphs=True),
+               _result("floor", 0.05, compile=True, cuda_graphs=True, amp="bf16"),
+               _result("harness", 0.08, compile=True, cuda_graphs=True, amp="bf16")]
+    (gap,) = floor_gaps(results)
+    assert (gap["best_mode"], gap["best_amp"], gap["floor_mode"]) == ("compile+cuda-graphs", "bf16",
+                                                                      "compile+cuda-graphs")
+    assert gap["floor_ms"] == 0.05 and gap["best_over_floor"] == pytest.approx(0.08 / 0.05)
+    (gap,) = floor_gaps(results[:3] + results[4:])  # its floor not timed (budget, failure): no ratio
+    assert gap["floor_ms"] is None and gap["best_over_floor"] is None
+
+
+def test_full_cuda_sweep_times_a_floor_before_each_harness_row():
+    from bench.timing.gpu_sweep import make_plan, settings, sweep_configs
+
+    configs = sweep_configs(make_plan("cuda", quick=False, compile=None), "cuda")
+    harness = [i for i, c in enumerate(configs) if c.loop == "harness"]
+    assert len(harness) > 40 and any(configs[i].compile and configs[i].cuda_graphs for i in harness)
+    for i in harness:
+        floor = configs[i - 1]
+        assert floor.loop == "floor" and settings(floor) == settings(configs[i])
+        assert (floor.variant, floor.batch_size) == (configs[i].variant, configs[i].batch_size)
+    assert sum(c.loop == "floor" for c in configs) == len(harness)
 
 
 # -- CUDA (skipped without a GPU; run them on a GPU machine) -------------------------------------
