@@ -14,6 +14,7 @@ Through MLflow, ``mlflow.pyfunc.load_model(uri).predict(labels)`` draws one imag
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,7 +98,7 @@ def load(folder: str | Path, map_location: str | torch.device = "cpu") -> SavedC
         model.load_state_dict(state)
     except SavedModelError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         detail = " ".join(str(exc).split())[:200]
         raise SavedModelError(f"{folder}: cannot load the saved CVAE ({type(exc).__name__}: {detail})") from None
     model.to(map_location).eval()
@@ -112,7 +113,8 @@ class PyfuncCVAE:
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
         """``model_input``: labels (indices or class names) as a list, an array or a one-column DataFrame.
-        ``params``: ``temperature`` (default 1), ``seed`` (default: unseeded). Returns (N, C, H, W) float32."""
+        Returns (N, C, H, W) float32. ``params`` (``temperature``, default 1; ``seed``, default unseeded)
+        reach it when it is called directly; MLflow passes none (the logged model declares no signature)."""
         if hasattr(model_input, "to_numpy"):
             model_input = model_input.to_numpy().reshape(-1)
         labels = [self.saved.label_index(v.item() if hasattr(v, "item") else v) for v in list(model_input)]

@@ -7,6 +7,17 @@ Objectives (:data:`studies.spec.OBJECTIVES`; nats per example, on the validation
 - ``rate-distortion``: minimise (``val_recon``, ``val_kl``); the Pareto front is the
   rate-distortion curve. Multi-objective trials cannot be pruned.
 
+Lost workers: every ``checkpoint_every`` epochs a trial saves its training state
+(:class:`bench.tracking.checkpoints.RunCheckpoints`: a local file keyed by study name and the first
+trial number of its retry chain, and the artifact ``checkpoint/state.pt`` of its run). A heartbeat
+retry (a new trial with the dead one's params and user attributes) looks for that checkpoint --
+local first, then the dead trial's run (``mlflow_run_id``) -- and resumes at epoch k+1: it sets
+``resumed_from_epoch`` (user attribute and run tag), reports the checkpoint's values of epochs 1..k
+to its own trial (the pruner sees the same curve), and logs the checkpoint's history 1..k into its
+own run, so the run has every epoch 1..E once. A checkpoint that cannot be read, or one made under
+other hyper-parameters, is not used: the retry starts at epoch 1 and prints why, in one line. A
+finished trial's local checkpoint is removed unless ``keep_checkpoints``.
+
 A loss that turns NaN fails the trial, not the study: the objective returns NaN (Optuna marks the
 trial FAIL without a traceback), the reason is kept as the trial's ``fail_reason`` user attribute
 and as the run's ``end_reason`` tag, and the run ends FAILED.
@@ -18,13 +29,17 @@ import math
 import os
 import socket
 import statistics
+import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 
 from bench import DataSplits, NonFiniteLossError, TrainConfig, fit, model_config
 from bench.tracking import NullTracker, RunTracker, config_params, log_fit, run_tags
+from bench.tracking.checkpoints import RunCheckpoints
+from bench.training.checkpoint_store import trial_key
+from bench.training.loop import run_fingerprint
 from studies.search_space import suggest
 from studies.spec import OBJECTIVES
 
@@ -47,6 +62,12 @@ class TrialSettings:
     device: str = "auto"
     iw_samples: int = 100
     study_name: str = ""
+    log_model: bool = True
+    cuda_graphs: bool | None = None
+    compile: bool = False
+    amp: str = "none"
+    checkpoint_every: int = 0  # epochs; 0: no checkpoints
+    keep_checkpoints: bool = False
 
 
 @dataclass
@@ -58,7 +79,7 @@ class ChildRuns:
     parent_run_id: str
 
     def start(self, trial: optuna.Trial, tags: Mapping[str, Any]) -> RunTracker:
-        return RunTracker.start(self.client, self.experiment_id, f"trial-{trial.number}",
+        return RunTracker.start(self.client, self.experiment_id, f"{tags['variant']}-trial-{trial.number}",
                                 parent_run_id=self.parent_run_id, tags=tags)
 
 
@@ -82,34 +103,50 @@ class Objective:
     """``objective(trial)`` for ``study.optimize``: samples, trains, logs, returns the value(s)."""
 
     def __init__(self, settings: TrialSettings, data: DataSplits, *, runs: ChildRuns | None = None,
-                 data_options: Mapping[str, Any] | None = None,
+                 data_options: Mapping[str, Any] | None = None, datasets: Sequence[Mapping[str, str]] = (),
                  make_callbacks: Callable[[optuna.Trial], list] | None = None) -> None:
         self.settings = settings
         self.data = data
+        self.datasets = list(datasets)  # the run inputs (bench.tracking.dataset_inputs)
         self.runs = runs
         self.data_options = dict(data_options or {})
         self.make_callbacks = make_callbacks
         self.names = OBJECTIVES[settings.objective]
+        #: Where the one-line notes go (a retry that cannot resume says why).
+        self.notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         s = self.settings
         sampled = suggest(trial, s.variant, s.epochs)
         model_cfg = model_config(s.variant, self.data, **sampled.model_kwargs)
         train_cfg = TrainConfig(epochs=s.epochs, seed=s.seed, device=s.device, iw_samples=s.iw_samples,
-                                **sampled.train_kwargs)
+                                cuda_graphs=s.cuda_graphs, compile=s.compile, amp=s.amp, **sampled.train_kwargs)
         # A heartbeat retry starts with a copy of the stale trial's user attributes.
         first = trial.user_attrs.get("trial_number", trial.number)
+        retry_of = first if first != trial.number else None
+        dead_run_id = trial.user_attrs.get("mlflow_run_id") if retry_of is not None else None
+        chain = int(trial.user_attrs.get("checkpoint_trial", first))  # the first trial of the retry chain
         trial.set_user_attr("trial_number", trial.number)
+        trial.set_user_attr("checkpoint_trial", chain)
         trial.set_user_attr("worker", WORKER_ID)
-        tracker = self._start_run(trial, model_cfg, train_cfg, retry_of=first if first != trial.number else None)
+        tracker, params = self._start_run(trial, model_cfg, train_cfg, retry_of=retry_of)
+        checkpoints = RunCheckpoints(trial_key(s.study_name, chain), tracker if self.runs is not None else None)
+        resume = self._resume(trial, tracker, checkpoints, model_cfg, train_cfg, dead_run_id) \
+            if retry_of is not None else None
         callbacks: list = [tracker]
         if len(self.names) == 1:
             callbacks.append(PruningReporter(trial, s.epochs, self.names[0]))
         if self.make_callbacks:
             callbacks += self.make_callbacks(trial)
         try:
-            result = fit(model_cfg, train_cfg, self.data, callbacks=callbacks, progress=False)
-            log_fit(tracker, result)
+            try:
+                result = fit(model_cfg, train_cfg, self.data, callbacks=callbacks, progress=False,
+                             checkpoint=checkpoints, checkpoint_every=s.checkpoint_every, resume=resume)
+            finally:
+                if not s.keep_checkpoints:
+                    checkpoints.remove()  # a finished trial (complete, pruned or failed) needs none
+            log_fit(tracker, result, log_model=s.log_model, params=params, datasets=self.datasets,
+                    tags={"variant": s.variant, "study_name": s.study_name, "trial_number": trial.number})
         except optuna.TrialPruned as exc:
             self._end(trial, tracker, "PRUNED", "KILLED", str(exc))
             raise
@@ -133,9 +170,34 @@ class Objective:
         values = tuple(float(last[name]) for name in self.names)
         return values[0] if len(values) == 1 else values
 
-    def _start_run(self, trial: optuna.Trial, model_cfg, train_cfg, retry_of: int | None) -> RunTracker | NullTracker:
+    def _resume(self, trial: optuna.Trial, tracker: RunTracker | NullTracker, checkpoints: RunCheckpoints,
+                model_cfg, train_cfg, dead_run_id: str | None) -> dict | None:
+        """The dead trial's checkpoint, with its epochs 1..k reported to ``trial`` and logged to ``tracker``
+        (None: start at epoch 1; a one-line note says why when a checkpoint was there but not usable)."""
+        client = self.runs.client if self.runs is not None else None
+        found = checkpoints.find(run_fingerprint(model_cfg, train_cfg, self.data), train_cfg.epochs,
+                                 client=client, dead_run_id=dead_run_id)
+        if found.message:
+            self.notify(f"trial {trial.number}: {found.message}")
+        if found.state is None:
+            return None
+        k = found.epoch
+        trial.set_user_attr("resumed_from_epoch", k)
+        tracker.set_tags({"resumed_from_epoch": k, "resumed_from": found.source})
+        for row in found.state["history"]:
+            epoch = int(row["epoch"])
+            metrics = {key: value for key, value in row.items() if key != "epoch"}
+            if len(self.names) == 1:
+                trial.report(float(metrics[self.names[0]]), epoch)  # the pruner's curve goes on from epoch k
+            tracker.log_metrics(metrics, step=epoch)
+        return found.state
+
+    def _start_run(self, trial: optuna.Trial, model_cfg, train_cfg,
+                   retry_of: int | None) -> tuple[RunTracker | NullTracker, dict[str, Any]]:
+        """The trial's run (a NullTracker untracked) and its params."""
+        params = {**config_params(model_cfg, train_cfg, self.data_options), "trial_number": trial.number}
         if self.runs is None:
-            return NullTracker()
+            return NullTracker(), params
         s = self.settings
         tags = run_tags(model_cfg, self.data, train_cfg.resolve_device(), study_name=s.study_name,
                         objective=s.objective, trial_number=trial.number, trial_state="RUNNING", worker=WORKER_ID)
@@ -143,8 +205,9 @@ class Objective:
             tags["retry_of_trial"] = retry_of
         tracker = self.runs.start(trial, tags)
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
-        tracker.log_params({**config_params(model_cfg, train_cfg, self.data_options), "trial_number": trial.number})
-        return tracker
+        tracker.log_params(params)
+        tracker.log_datasets(self.datasets)
+        return tracker, params
 
     @staticmethod
     def _end(trial: optuna.Trial, tracker: RunTracker | NullTracker, state: str, status: str,

@@ -39,8 +39,10 @@ from bench import (
     ui_hint,
 )
 from bench.tracking import LOCAL_PREFIX, redact_url, sync_spool
+from bench.tracking.dataset_inputs import dataset_inputs
 from studies.lock import study_lock
 from studies.objective import ChildRuns, Objective, TrialSettings
+from studies.registry import Registration, register_study_models
 from studies.spec import Role, StudySpec, attr_name, fields_of, setting_of, settings_from_attrs, study_attrs
 from studies.storage import dashboard_hint, is_journal, normalize_url, open_storage, retry_stale_trial
 from studies.trial_loop import FINISHED, count_trials, run_until_total
@@ -59,6 +61,7 @@ class StudyOutcome:
     parent_run_id: str | None
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    registration: Registration | None = None  # the registered models (tracked studies that log models)
 
 
 def make_pruner(name: str, epochs: int, trials: int) -> optuna.pruners.BasePruner:
@@ -270,11 +273,15 @@ class StudyRun:
         finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
         runs = ChildRuns(self.client, self.experiment_id, parent.run_id) if parent is not None else None
         settings = TrialSettings(variant=spec.variant, objective=spec.objective, epochs=spec.epochs, seed=spec.seed,
-                                 device=spec.device, iw_samples=spec.iw_samples, study_name=spec.name)
+                                 device=spec.device, iw_samples=spec.iw_samples, study_name=spec.name,
+                                 log_model=spec.log_model, cuda_graphs=spec.cuda_graphs, compile=spec.compile,
+                                 amp=spec.amp, checkpoint_every=spec.checkpoint_every,
+                                 keep_checkpoints=spec.keep_checkpoints)
         data_options = {"dataset": self.data.name, "limit": spec.limit or "none",
                         "image_size": spec.image_size or "native", "n_train": len(self.data.train),
                         "n_val": len(self.data.val), "n_test": len(self.data.test)}
-        objective = Objective(settings, self.data, runs=runs, data_options=data_options)
+        datasets = dataset_inputs(self.data) if runs is not None else []
+        objective = Objective(settings, self.data, runs=runs, data_options=data_options, datasets=datasets)
         progress = _Progress(spec, finished_before, self.progress, self.stream)
         stop = threading.Event()
 
@@ -317,17 +324,21 @@ class StudyRun:
                 progress.close()
         if errors:
             raise errors[0]
+        if not spec.keep_checkpoints:
+            remove_finished_checkpoints(study, spec.name)
         counts = count_trials(study)
         notes: list[str] = []
+        registration = None
         if parent is not None:
-            notes = self._finish_parent(parent, study)
+            notes, registration = self._finish_parent(parent, study)
         if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             raise CLIError(f"study {spec.name!r} stopped: {progress.failures_in_a_row} trials in a row failed "
                            f"(last: {progress.last_failure}); finished trials are kept")
-        return StudyOutcome(study=study, ran=sum(ran), seconds=0.0,
-                            parent_run_id=parent.run_id if parent else None, counts=counts, notes=notes)
+        return StudyOutcome(study=study, ran=sum(ran), seconds=0.0, parent_run_id=parent.run_id if parent else None,
+                            counts=counts, notes=notes, registration=registration)
 
-    def _finish_parent(self, parent: RunTracker, study: optuna.Study) -> list[str]:
+    def _finish_parent(self, parent: RunTracker, study: optuna.Study) -> tuple[list[str], Registration | None]:
+        """The study's metrics, plots and trials table on the parent run, the models registered, the run ended."""
         from studies.plots import log_study_artifacts
 
         counts = count_trials(study)
@@ -338,8 +349,29 @@ class StudyRun:
             parent.set_tags({"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", "")})
         parent.log_metrics(metrics, step=len(study.get_trials(deepcopy=False)))
         notes = log_study_artifacts(parent, study, self.spec.objective_names)
+        registration = None
+        if self.spec.log_model:
+            registration = register_study_models(self.client, study, self.spec)
+            notes += registration.notes
+            if registration.best_uri:
+                parent.set_tags({"registered_model": registration.best_uri})
         parent.end("FINISHED")
-        return notes
+        return notes, registration
+
+
+def remove_finished_checkpoints(study: optuna.Study, name: str) -> bool:
+    """Remove the study's local checkpoint folder once no trial is RUNNING or WAITING (True if removed):
+    a checkpoint left by a trial whose retries ran out has nothing left to resume."""
+    import shutil
+
+    from bench.training.checkpoint_store import checkpoint_root, safe_part
+
+    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        return False
+    folder = checkpoint_root() / "study" / safe_part(name)
+    existed = folder.exists()
+    shutil.rmtree(folder, ignore_errors=True)
+    return existed
 
 
 def best_trial(study: optuna.Study, objective_names: tuple[str, ...]) -> FrozenTrial | None:
@@ -396,6 +428,11 @@ def summary_lines(spec: StudySpec, outcome: StudyOutcome) -> list[str]:
         points = ", ".join(f"#{t.number} ({t.values[1]:.2f}, {t.values[0]:.2f})" for t in front)
         lines.append(f"rate-distortion front (val_kl, val_recon): {points}")
     lines += [f"note: {n}" for n in outcome.notes]
+    reg = outcome.registration
+    if reg is not None and reg.best_uri:
+        registered = ", ".join(f"trial {n} as {reg.uri(n)}" for n in sorted(reg.versions))
+        lines.append(f"registered model {reg.name!r}: {registered}; {reg.best_uri} is trial {reg.best_trial} "
+                     f"(`cvae-bench sample --model {reg.best_uri} --out samples.png`)")
     if outcome.parent_run_id:
         lines.append(f"MLflow: parent run {outcome.parent_run_id} in experiment {spec.experiment or spec.name!r}; "
                      f"{ui_hint(resolve_tracking_uri(spec.tracking_uri))}")

@@ -30,6 +30,7 @@ from dataclasses import Field, dataclass, field, fields
 from enum import Enum
 from typing import Any, Mapping
 
+from bench.data.names import dataset_slug
 from models.config import ConfigError
 from studies.storage import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_url
 
@@ -37,6 +38,8 @@ from studies.storage import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_url
 OBJECTIVES = {"neg-elbo": ("val_neg_elbo",), "rate-distortion": ("val_recon", "val_kl")}
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "nsga2", "random")
+#: Epochs between a trial's checkpoints; ``train`` has the same default (bench.cli.arguments, a test pins it).
+DEFAULT_CHECKPOINT_EVERY = 5
 
 
 class Role(str, Enum):
@@ -134,12 +137,21 @@ class StudySpec:
                           default_text="", metavar="DEVICE", parse="device")
     iw_samples: int = setting(100, Role.STORED, "k of the importance-weighted test bound ({default})",
                               bound=(">=", 1))
+    cuda_graphs: bool | None = setting(None, Role.LOCAL, "capture each train step with fused Adam in one CUDA graph "
+                                       "({default})", default_text=": on with CUDA, off on CPU")
+    compile: bool = setting(False, Role.LOCAL, "torch.compile the forward and loss")
+    amp: str = setting("none", Role.LOCAL, "bf16 autocast ({default})", choices=("none", "bf16"))
     heartbeat: int = setting(
         DEFAULT_HEARTBEAT_S, Role.LOCAL, "RDB storages: a running trial beats every S seconds; one silent for 2*S "
                                          "(its process was killed) is failed and retried ({default})",
         unit="seconds", bound=(">=", 1), metavar="S",
         worker_help="a running trial beats every S seconds; one silent for 2*S is failed and retried by another "
                     "worker ({default}; use the same value on every worker)")
+    checkpoint_every: int = setting(
+        DEFAULT_CHECKPOINT_EVERY, Role.LOCAL, "save a trial's training state every N epochs, so a retry of a trial "
+        "whose worker was lost resumes there; 0: never ({default})", bound=(">=", 0), metavar="N", unit="epochs")
+    keep_checkpoints: bool = setting(False, Role.LOCAL, "keep the local checkpoints of finished trials (removed by "
+                                     "default)")
     threads: int | None = setting(None, Role.LOCAL, "torch CPU threads per job ({default})",
                                   default_text=": half the cores shared among the jobs, at least 1", bound=(">=", 1),
                                   metavar="T")
@@ -160,6 +172,11 @@ class StudySpec:
     experiment: str | None = setting(None, Role.STORED, "MLflow experiment ({default})", group="tracking",
                                      default_text="the study name", metavar="NAME")
     track: bool = setting(True, Role.LOCAL, "log nothing to MLflow", group="tracking", flag="--no-track")
+    log_model: bool = setting(True, Role.LOCAL, "log no trained model (each COMPLETE trial logs its CVAE as an "
+                              "MLflow logged model by default)", group="tracking", flag="--no-model")
+    registered_model: str | None = setting(
+        None, Role.STORED, "registered model the study's best trial is registered under, alias best ({default})",
+        group="tracking", default_text="the study name", metavar="NAME")
 
     def __post_init__(self) -> None:
         from bench import check_variant, resolve_device
@@ -196,13 +213,6 @@ class StudySpec:
         free cores slow training down by an order of magnitude when anything else runs.
         """
         return self.threads or max(1, (os.cpu_count() or 2) // 2 // self.jobs)
-
-
-def dataset_slug(dataset: str) -> str:
-    """A name-friendly form of a dataset argument (``imagefolder:/data/flowers`` -> ``imagefolder-flowers``)."""
-    if dataset.startswith("imagefolder:"):
-        return "imagefolder-" + dataset.rstrip("/").rsplit("/", 1)[-1]
-    return dataset
 
 
 # -- the declaration, read back ----------------------------------------------------------------------

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench.errors import CLIError
-from studies.spec import Role, Setting, StudySpec, dataset_slug, expected, field_types, fits, setting_of, unwrap
+from bench.data import dataset_slug
+from studies.spec import Role, Setting, StudySpec, expected, field_types, fits, setting_of, unwrap
 
 DEFAULT_VARIANTS = ("cvae", "beta-cvae", "flow-cvae")
 #: The suite's defaults where they differ from one study's: ``trials`` per study, ``epochs`` per trial,
@@ -37,7 +38,7 @@ _REPLACED = {
 
 #: Columns of the summary table (one row per variant: its best trial), nats per example unless named.
 SUMMARY_COLUMNS = ("variant", "trial", "val_neg_elbo", "test_neg_elbo", "test_iw_nll", "test_recon", "test_kl",
-                   "test_active_units", "test_cond_acc", "samples_per_s", "finished", "study")
+                   "test_active_units", "test_cond_acc", "samples_per_s", "finished", "study", "model_uri")
 
 
 def _suite_fields() -> Iterator[tuple[str, Any, dataclasses.Field]]:
@@ -129,6 +130,8 @@ def summary_row(spec: StudySpec, outcome) -> dict[str, Any]:
                            "finished": counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)}
     attrs = best.user_attrs if best is not None else {}
     row["trial"] = best.number if best is not None else -1
+    registration = getattr(outcome, "registration", None)
+    row["model_uri"] = registration.uri(best.number) if registration is not None and best is not None else ""
     for col in SUMMARY_COLUMNS:
         if col not in row:
             row[col] = float(attrs.get(col, float("nan")))

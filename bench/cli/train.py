@@ -33,7 +33,8 @@ def configs_from_args(args: argparse.Namespace, data):
         warmup_epochs=args.warmup_epochs, cycles=args.cycles, gamma=args.gamma, capacity_max=args.capacity_max)
     train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                             weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
-                            device=args.device, iw_samples=args.iw_samples, amp=args.amp, compile=args.compile)
+                            device=args.device, iw_samples=args.iw_samples, eval_batch_size=args.eval_batch_size,
+                            amp=args.amp, compile=args.compile, cuda_graphs=args.cuda_graphs)
     return model_cfg, train_cfg
 
 
@@ -51,14 +52,19 @@ def data_options(args: argparse.Namespace, data) -> dict:
 
 
 def start_tracking(tracking: "TrackingProcess", args: argparse.Namespace, model_cfg, train_cfg, data, run_name: str,
-                   **tags) -> None:
-    """Have ``tracking`` create the run: its tags (:func:`bench.tracking.run_tracker.run_tags`) and the resolved
-    configuration as params (:func:`bench.tracking.run_tracker.config_params`)."""
+                   **tags) -> tuple[dict, list]:
+    """Have ``tracking`` create the run: its tags (:func:`bench.tracking.run_tags`), the resolved
+    configuration as params (:func:`bench.tracking.config_params`) and the splits as dataset inputs.
+    Returns (params, dataset inputs)."""
     from bench.tracking import config_params, resolve_tracking_uri, run_tags
+    from bench.tracking.dataset_inputs import dataset_inputs
 
+    params = config_params(model_cfg, train_cfg, data_options(args, data))
     tracking.start_run(resolve_tracking_uri(args.tracking_uri), args.experiment, run_name,
-                       tags=run_tags(model_cfg, data, train_cfg.resolve_device(), **tags),
-                       params=config_params(model_cfg, train_cfg, data_options(args, data)))
+                       tags=run_tags(model_cfg, data, train_cfg.resolve_device(), **tags), params=params)
+    inputs = dataset_inputs(data)
+    tracking.log_datasets(inputs)
+    return params, inputs
 
 
 def format_row(values: list, widths: list[int]) -> str:
@@ -82,6 +88,59 @@ class EpochTable:
         tqdm.write(row, file=self.stream)
 
 
+class RunCheckpointSink:
+    """``fit``'s checkpoint sink for a train run: :class:`bench.tracking.checkpoints.RunCheckpoints` keyed
+    by the run's id (``run/<run id>``), once the tracking process has reported it."""
+
+    WAIT_S = 10.0  # longest wait for the run id at the first checkpoint (s); the run exists long before
+
+    def __init__(self, tracking: "TrackingProcess") -> None:
+        self.tracking = tracking
+        self.checkpoints = None
+
+    def __call__(self, epoch: int, state: dict) -> None:
+        import time
+
+        from bench.tracking.checkpoints import RunCheckpoints
+        from bench.training.checkpoint_store import run_key
+
+        if self.checkpoints is None:
+            deadline = time.monotonic() + self.WAIT_S
+            while self.tracking.run_id is None and time.monotonic() < deadline and self.tracking.error is None:
+                time.sleep(0.01)
+            if self.tracking.run_id is None:
+                return  # no run (yet): nothing to key it by; the next checkpoint tries again
+            self.checkpoints = RunCheckpoints(run_key(self.tracking.run_id), self.tracking)
+        self.checkpoints(epoch, state)
+
+    def remove(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.remove()
+
+
+def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
+    """The checkpoint of run ``args.resume`` to continue (local, else its MLflow artifact), or None;
+    why not, in one line on stderr. Returns (state or None, the local RunCheckpoints of that run)."""
+    from bench.tracking.checkpoints import RunCheckpoints
+    from bench.training.checkpoint_store import run_key
+    from bench.training.loop import run_fingerprint
+
+    old = RunCheckpoints(run_key(args.resume))
+    client = None
+    if not args.no_track:
+        from bench.tracking import make_client, resolve_tracking_uri
+
+        client = make_client(resolve_tracking_uri(args.tracking_uri))
+    found = old.find(run_fingerprint(model_cfg, train_cfg, data), train_cfg.epochs, client=client,
+                     dead_run_id=args.resume)
+    if found.state is None:
+        print(f"--resume {args.resume}: {found.message or 'no checkpoint of that run; starting at epoch 1'}",
+              file=sys.stderr)
+    else:
+        print(f"--resume {args.resume}: continuing after epoch {found.epoch} ({found.source} checkpoint)")
+    return found.state, old
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Train, print the table and final metrics; with tracking, log the run from a tracking process.
 
@@ -90,6 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
     command at the next epoch with a one-line error (exit 2); a tracking failure after the run exists
     lets training finish, print and write its results, then fails the same way.
     """
+    from bench.data import dataset_slug
     from bench.evaluation import collapse_note
     from bench.tracking import TrackingProcess, log_fit, resolve_tracking_uri, ui_hint
     from bench.training import check_variant, fit
@@ -97,26 +157,44 @@ def run_train(args: argparse.Namespace) -> int:
     check_variant(args.variant)
     if args.metrics_json:
         check_writable(args.metrics_json, "--metrics-json")
+    if args.checkpoint_every < 0:
+        raise CLIError(f"--checkpoint-every {args.checkpoint_every}: must be an integer >= 0 (epochs; 0: never)")
     tracking = None if args.no_track else TrackingProcess()
+    resume, resumed = None, None
     try:
         data = load_data_from_args(args)
         model_cfg, train_cfg = configs_from_args(args, data)
         print(f"cvae-bench train: {model_cfg.variant} on {data.name} ({len(data.train)}/{len(data.val)}/"
               f"{len(data.test)} train/val/test, likelihood {model_cfg.likelihood}, "
               f"device {train_cfg.resolve_device()})")
+        if args.resume:
+            resume, resumed = find_resume(args, model_cfg, train_cfg, data)
+        tags = {"resumed_from_epoch": resume["epoch"], "resumed_from_run": args.resume} if resume else {}
         if tracking:
-            start_tracking(tracking, args, model_cfg, train_cfg, data, f"{model_cfg.variant}-{data.name}",
-                           command="train")
+            params, inputs = start_tracking(tracking, args, model_cfg, train_cfg, data,
+                                            f"{model_cfg.variant}-{dataset_slug(data.name)}", command="train", **tags)
     except BaseException:
         if tracking:
             tracking.abandon()
         raise
+    table = EpochTable()
+    for row in resume["history"] if resume else ():  # epochs 1..k into the new run, each step once
+        metrics = {k: v for k, v in row.items() if k != "epoch"}
+        table(int(row["epoch"]), metrics)
+        if tracking:
+            tracking.log_metrics(metrics, step=int(row["epoch"]))
+    sink = RunCheckpointSink(tracking) if tracking and args.checkpoint_every else None
     with tracking or contextlib.nullcontext():
-        result = fit(model_cfg, train_cfg, data, callbacks=[EpochTable(), *filter(None, [tracking])],
-                     progress=not args.no_progress)
+        result = fit(model_cfg, train_cfg, data, callbacks=[table, *filter(None, [tracking])],
+                     progress=not args.no_progress, checkpoint=sink, checkpoint_every=args.checkpoint_every,
+                     resume=resume)
+        if not args.keep_checkpoints:  # a finished run needs none (a killed one keeps its own)
+            for done in filter(None, [sink, resumed]):
+                done.remove()
         if tracking:
             # Figures are computed while the tracking process writes the epochs it held back.
-            log_fit(tracking, result)
+            log_fit(tracking, result, log_model=not args.no_model, params=params, datasets=inputs,
+                    tags={"variant": model_cfg.variant, "dataset": data.name, "command": "train"})
     print("final metrics (nats per example unless named):")
     for key, value in result.final.items():
         print(f"  {key:<22} {value:.4f}")
@@ -133,6 +211,9 @@ def run_train(args: argparse.Namespace) -> int:
         run_id = tracking.finish()
         print(f"tracked as MLflow run {run_id} in experiment {args.experiment!r} "
               f"({ui_hint(resolve_tracking_uri(args.tracking_uri))})")
+        if not args.no_model:
+            print(f"logged model of run {run_id}: `cvae-bench sample --model {run_id} --out samples.png`, "
+                  f"`cvae-bench evaluate --model {run_id} --dataset {args.dataset}`")
         if tracking.note:
             print(f"note: {tracking.note}", file=sys.stderr)
     if unwritten:

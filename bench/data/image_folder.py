@@ -14,8 +14,8 @@ import torch
 
 from bench.data.errors import DatasetError, one_line
 from bench.data.splits import DataSplits, assemble, three_way_split
+from bench.data.names import IMAGEFOLDER_PREFIX
 
-IMAGEFOLDER_PREFIX = "imagefolder:"
 PIXEL_LEVELS = 256  # 8-bit images
 PROGRESS_THRESHOLD = 1000  # show a progress bar when decoding more images than this
 GREY_MODES = ("1", "L", "LA")  # PIL modes loaded as one channel (alpha dropped)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from bench.data.digits import load_digits
 from bench.data.errors import DatasetError
-from bench.data.image_folder import IMAGEFOLDER_PREFIX, load_image_folder
+from bench.data.image_folder import load_image_folder
+from bench.data.names import DATASETS, IMAGEFOLDER_PREFIX
 from bench.data.splits import DataSplits
 from bench.data.torchvision_sets import load_torchvision_set
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")  # plus "imagefolder:PATH"
 
 
 def default_data_root() -> Path:

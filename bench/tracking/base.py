@@ -9,7 +9,8 @@ metrics)`` logs that epoch's metrics with ``step=epoch``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, runtime_checkable
+import shutil
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
@@ -34,6 +35,19 @@ class Tracker(Protocol):
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact at ``artifact_file`` (e.g. ``study/trials.csv``)."""
+
+    def log_file(self, local_path: str, artifact_dir: str) -> None:
+        """The file ``local_path`` as artifact ``artifact_dir/<its name>`` (e.g. ``checkpoint/state.pt``).
+        The tracker keeps a copy where it writes later: the caller may change or delete the file."""
+
+    def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
+        """The data the run read (:func:`bench.tracking.dataset_inputs.dataset_inputs`), as MLflow inputs."""
+
+    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float], params: Mapping[str, str],
+                  tags: Mapping[str, str], requirements: Sequence[str],
+                  dataset: Mapping[str, str] | None = None) -> None:
+        """A saved CVAE folder (:mod:`models.saved_model`) as a logged model of the run, ``metrics`` linked to
+        it (and to ``dataset``). The tracker takes the folder over and removes it once it is written."""
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """End the run (one of :data:`RUN_STATUSES`); ``reason`` goes to the ``end_reason`` tag."""
@@ -65,6 +79,17 @@ class NullTracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
+
+    def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
+        pass
+
+    def log_file(self, local_path: str, artifact_dir: str) -> None:
+        pass
+
+    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float], params: Mapping[str, str],
+                  tags: Mapping[str, str], requirements: Sequence[str],
+                  dataset: Mapping[str, str] | None = None) -> None:
+        shutil.rmtree(saved_folder, ignore_errors=True)
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         self.ended = True

@@ -11,9 +11,11 @@ import gc
 import os
 import pickle
 import select
+import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from bench.errors import CLIError
@@ -122,6 +124,9 @@ class _Child:
 
             warm_up()  # fonts and the PNG encoder, while training runs: drawing at the end is then fast
             self._warm_store()
+            from bench.tracking.logged_model import warm_up as warm_up_model_logging
+
+            warm_up_model_logging()  # MLflow's model modules, while training runs
             # Everything allocated so far (mlflow's modules: ~1e6 objects) lives as long as the process;
             # without this, the first full collection stalls one write for ~0.1 s.
             gc.freeze()
@@ -186,6 +191,15 @@ class _Child:
                 tracker.set_tags(message[1])
             elif kind == "text":
                 tracker.log_text(message[1], message[2])
+            elif kind == "file":
+                try:
+                    tracker.log_file(message[1], message[2])
+                finally:
+                    shutil.rmtree(Path(message[1]).parent, ignore_errors=True)
+            elif kind == "datasets":
+                tracker.log_datasets(message[1])
+            elif kind == "model":
+                tracker.log_model(message[1], **message[2])
             elif kind == "end":
                 tracker.end(message[1], message[2])
                 self.reply("done", tracker.run_id, self._settle())

@@ -1,8 +1,10 @@
-"""The one function that logs a finished fit: final metrics and figures, through any :class:`Tracker`."""
+"""The one function that logs a finished fit: final metrics, figures and the trained model, through
+any :class:`Tracker`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import tempfile
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from bench.tracking.base import NullTracker, Tracker
 
@@ -10,13 +12,30 @@ if TYPE_CHECKING:
     from bench.training.loop import FitResult
 
 
-def log_fit(tracker: Tracker, result: "FitResult") -> None:
-    """``result``'s final test metrics and ``train_seconds`` (``step`` = last epoch), then its figures
-    (computed here, in the training process; drawn by the tracker, which may be another process)."""
+def log_fit(tracker: Tracker, result: "FitResult", *, log_model: bool = True, params: Mapping[str, Any] = (),
+            tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = ()) -> None:
+    """``result``'s final test metrics and ``train_seconds`` (``step`` = last epoch), its figures
+    (computed here, in the training process; drawn by the tracker, which may be another process) and,
+    with ``log_model``, the trained CVAE as a logged model of the run, the final metrics linked to it
+    and to the test split of ``datasets`` (:func:`bench.tracking.dataset_inputs.dataset_inputs`).
+    ``params``/``tags`` are the logged model's (the run's configuration, say)."""
     if isinstance(tracker, NullTracker):
         return
+    import torch
+
     from bench.figures.compute import fit_figure_data
+    from bench.tracking.logged_model import pip_requirements
+    from models.saved_model import save
 
     step = int(result.history[-1]["epoch"]) if result.history else 0
-    tracker.log_metrics({**result.final, "train_seconds": result.train_seconds}, step=step)
+    final = {**result.final, "train_seconds": result.train_seconds}
+    tracker.log_metrics(final, step=step)
     tracker.log_figures(fit_figure_data(result))
+    if log_model:
+        folder = save(result.model, tempfile.mkdtemp(prefix="cvae-bench-saved-"), result.data.class_names)
+        test = next((d for d in datasets if d.get("context") == "test"), None)
+        tracker.log_model(str(folder), step=step, metrics=result.final,
+                          params={str(k): str(v) for k, v in dict(params).items()},
+                          tags={str(k): str(v) for k, v in dict(tags).items()},
+                          requirements=pip_requirements(torch.__version__),
+                          dataset={"name": test["name"], "digest": test["digest"]} if test else None)

@@ -39,6 +39,13 @@ def pip_requirements(torch_version: str) -> list[str]:
     return [f"torch=={torch_version.split('+')[0]}", "numpy"]
 
 
+def warm_up() -> None:
+    """Import MLflow's model-writing modules now (a tracking process does this while training runs)."""
+    import mlflow.models  # noqa: F401
+    import mlflow.pyfunc  # noqa: F401
+    import mlflow.utils.environment  # noqa: F401
+
+
 def write_model_folder(path: Path, saved_folder: Path, *, model_id: str, artifact_location: str, run_id: str,
                        requirements: Sequence[str]) -> None:
     """An MLflow model folder at ``path``: MLmodel, data/, code/models/, requirements and environment files."""
@@ -96,6 +103,20 @@ def log_logged_model(client: Any, run_id: str, saved_folder: str | Path, *, step
 URI_FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, models:/MODEL_ID or a run id"
 
 
+#: The model-version tag that names the version's logged model. Versions are registered from the
+#: model's artifact location: SQL registry stores resolve a ``models:/m-...`` source through the
+#: process-wide tracking URI, not the client's, and keep no ``model_id``.
+MODEL_ID_TAG = "mlflow_model_id"
+
+
+def version_model_id(version: Any) -> str | None:
+    """The logged model a registered model version points at: its ``model_id``, else its
+    :data:`MODEL_ID_TAG`, else the id in a ``models:/m-...`` source."""
+    source = version.source or ""
+    return (version.model_id or (version.tags or {}).get(MODEL_ID_TAG)
+            or (source[len("models:/"):] if source.startswith("models:/m-") else None))
+
+
 def find_run_model(client: Any, run_id: str) -> Any | None:
     """The latest READY logged model whose source run is ``run_id`` (None if the run logged none)."""
     experiment_id = client.get_run(run_id).info.experiment_id
@@ -151,9 +172,10 @@ def resolve_model(client: Any, uri: str) -> Any:
             versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
             raise missing(f"registered model {name!r} has no version {version!r}; its versions: "
                           f"{', '.join(map(str, versions)) or 'none'}") from None
-        if not mv.model_id:
-            raise missing(f"version {mv.version} of {name!r} is not a logged model of this suite (source {mv.source})")
-        return client.get_logged_model(mv.model_id)
+        model_id = version_model_id(mv)
+        if not model_id:
+            raise missing(f"version {mv.version} of {name!r} is not a logged model (its source is {mv.source})")
+        return client.get_logged_model(model_id)
     except CLIError:
         raise
     except MlflowException as exc:

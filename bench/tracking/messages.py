@@ -7,6 +7,9 @@ Messages, training process -> tracking process (stdin, length-prefixed pickles):
     ("params", params) / ("tags", tags)                            one log_batch
     ("figures", {name: FigureData})                                draw and log each figure (bench.figures)
     ("text", text, artifact_file)                                  one text artifact
+    ("file", local_path, artifact_dir)                            one file artifact; its folder is removed
+    ("datasets", [input, ...])                                     the run's dataset inputs
+    ("model", saved_folder, options)                               a logged model; the folder is removed
     ("end", status, reason)                                        end the run; the last message
 
 and back (a pipe of its own)::

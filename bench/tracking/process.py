@@ -30,7 +30,7 @@ import sys
 import threading
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from bench.errors import CLIError
 from bench.tracking.messages import frame, read_message
@@ -114,6 +114,29 @@ class TrackingProcess:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._send(("text", str(text), str(artifact_file)))
+
+    def log_file(self, local_path: str, artifact_dir: str) -> None:
+        """A copy of ``local_path`` (in a temporary folder the child removes once it is logged)."""
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="cvae-bench-file-"))
+        copy = folder / Path(local_path).name
+        shutil.copy2(local_path, copy)
+        self._send(("file", str(copy), str(artifact_dir)))
+
+    def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
+        self._send(("datasets", [{str(k): str(v) for k, v in d.items()} for d in inputs]))
+
+    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float], params: Mapping[str, str],
+                  tags: Mapping[str, str], requirements: Sequence[str],
+                  dataset: Mapping[str, str] | None = None) -> None:
+        """The child logs the folder, then removes it (it outlives this call: the child writes later)."""
+        self._send(("model", str(saved_folder), {
+            "step": int(step), "metrics": {str(k): float(v) for k, v in metrics.items()},
+            "params": {str(k): str(v) for k, v in params.items()}, "tags": {str(k): str(v) for k, v in tags.items()},
+            "requirements": [str(r) for r in requirements],
+            "dataset": {str(k): str(v) for k, v in dataset.items()} if dataset else None}))
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Queue the end of the run (FINISHED, FAILED or KILLED); nothing can be logged after it."""

@@ -104,10 +104,32 @@ class RunTracker:
 
     def log_figures(self, figure_data: Mapping[str, Any]) -> None:
         """Draw each figure (:func:`bench.figures.draw.save_png`) and log it as a PNG at its ``FIGURE_FILES`` path."""
-        from bench.figures.draw import FIGURE_FILES, save_png
+        from bench.figures.draw import save_png
+        from bench.figures.kinds import FIGURE_FILES
 
         for name, data in figure_data.items():
             self._log_file(FIGURE_FILES[name], lambda path, data=data: save_png(data, path))
+
+    def log_file(self, local_path: str, artifact_dir: str) -> None:
+        """``local_path`` as artifact ``artifact_dir/<name>``, written now (or spooled, with a copy)."""
+        self._write("log_artifact", self._run_id, str(local_path), artifact_dir or None)
+
+    def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
+        self._write("log_inputs", self._run_id, [dict(d) for d in inputs])
+
+    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float], params: Mapping[str, str],
+                  tags: Mapping[str, str], requirements: Sequence[str],
+                  dataset: Mapping[str, str] | None = None) -> None:
+        """The saved folder as a logged model of this run (:mod:`bench.tracking.logged_model`); removed after."""
+        import shutil
+
+        try:
+            self._write("log_model", self._run_id, saved_folder, step=step, metrics=dict(metrics),
+                        params={k: redact(str(v)) for k, v in params.items()},
+                        tags={k: _tag_value(v) for k, v in tags.items()}, requirements=list(requirements),
+                        dataset=dict(dataset) if dataset else None)
+        finally:
+            shutil.rmtree(saved_folder, ignore_errors=True)
 
     def _log_file(self, artifact_file: str, write: Any) -> None:
         import tempfile

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 #: MLflow's own default since 3.7; the retired file store (``./mlruns``) is never used.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: The experiment tag that makes the MLflow UI show an experiment as model training (not GenAI).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def redact(text: str | None) -> str:
@@ -33,11 +35,13 @@ def resolve_tracking_uri(cli_value: str | None = None) -> str:
 
 
 def ui_hint(tracking_uri: str) -> str:
-    """How a user opens the MLflow UI on ``tracking_uri`` (password redacted)."""
+    """How a user opens the MLflow UI on ``tracking_uri`` (password redacted), in its model-training
+    view (the UI starts in its GenAI view unless told: ``?workflowType=machine_learning``)."""
     uri = redact(tracking_uri)
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {uri.rstrip('/')}/#/experiments?workflowType=machine_learning in a browser"
+    return (f"mlflow ui --backend-store-uri {uri}, then open "
+            "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning")
 
 
 def make_client(tracking_uri: str) -> "MlflowClient":
@@ -77,7 +81,8 @@ def open_experiment(tracking_uri: str, experiment: str) -> tuple["ResilientClien
 
 
 def experiment_id(client: "ResilientClient | MlflowClient", name: str) -> str:
-    """Id of the experiment ``name``, created (or restored, if deleted) when needed.
+    """Id of the experiment ``name``, created (or restored, if deleted) when needed, and tagged as a
+    model-training experiment (:data:`EXPERIMENT_KIND`: the MLflow UI then opens its training view).
 
     Needs the store to answer: experiments are not spooled.
     """
@@ -86,11 +91,13 @@ def experiment_id(client: "ResilientClient | MlflowClient", name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
         except MlflowException:  # another process created it between the two calls
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
     return experiment.experiment_id

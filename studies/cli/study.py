@@ -57,7 +57,9 @@ def add_setting(group, f: Field, *, worker: bool = False, default: Any = MISSING
     base, _ = unwrap(field_types()[f.name])
     help_text = s.help_text(f.default, phrase, s.worker_help if worker else None)
     kwargs: dict[str, Any] = {"dest": dest(f), "help": help_text}
-    if base is bool:  # a flag: given, it turns the setting's default over
+    if base is bool and f.default is None:  # on, off or "decide for me": --x / --no-x / neither
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif base is bool:  # a flag: given, it turns the setting's default over
         kwargs["action"] = "store_true"
         if default is MISSING:
             default = False

@@ -53,6 +53,8 @@ def run_suite(args: argparse.Namespace) -> int:
         c = outcome.counts
         print(f"{spec.name}: {c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed; "
               f"ran {outcome.ran} trials in {outcome.seconds:.1f} s", flush=True)
+        for note in outcome.notes:
+            print(f"note: {note}", flush=True)
         rows.append(summary_row(spec, outcome))
     frame = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, "mlflow_run_id"])
     table = format_table(frame[list(SUMMARY_COLUMNS)])

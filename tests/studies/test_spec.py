@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 FIELDS = [f.name for f in dataclasses.fields(StudySpec)]
 #: The roles as the design states them (pinned here, so a change to the declaration is a decision).
 DEFINING = {"variant", "dataset", "objective", "epochs"}
-STORED = {"pruner", "sampler", "seed", "iw_samples", "limit", "image_size", "experiment", "trials"}
+STORED = {"pruner", "sampler", "seed", "iw_samples", "limit", "image_size", "experiment", "trials", "registered_model"}
 LOCAL = {"storage", "study_name", "jobs", "device", "threads", "heartbeat", "timeout", "track", "tracking_uri",
-         "data_root", "download"}
+         "data_root", "download", "log_model", "cuda_graphs", "compile", "amp", "checkpoint_every", "keep_checkpoints"}
 STORED_ATTRS = (DEFINING | STORED | {"trials_total"}) - {"trials"}
 
 
@@ -80,6 +80,13 @@ def test_study_defaults_are_the_spec_defaults():
     args = command_parser("study").parse_args(["--variant", "beta-cvae", "--no-track", "--limit", "300",
                                                "--timeout", "2.5", "--device", "cpu"])
     assert spec_from_args(args) == StudySpec(variant="beta-cvae", track=False, limit=300, timeout=2.5, device="cpu")
+
+
+def test_trials_and_train_runs_checkpoint_at_the_same_default_interval():
+    from bench.cli.arguments import DEFAULT_CHECKPOINT_EVERY as TRAIN_DEFAULT
+
+    default = {f.name: f.default for f in dataclasses.fields(StudySpec)}["checkpoint_every"]
+    assert default == TRAIN_DEFAULT >= 1
 
 
 def test_worker_options_default_to_the_studys_values():

@@ -140,6 +140,22 @@ def test_pruned_and_failed_runs_are_marked_with_their_reason(main_study):
     assert "loss became nan" in failed.data.tags["end_reason"]
 
 
+def test_complete_trials_log_models_pruned_and_failed_ones_none_and_the_best_is_registered(main_study):
+    study, client = main_study.load(), main_study.client()
+    children = _children(main_study.runs(), study.user_attrs["mlflow_parent_run_id"])
+    experiment_id = children[0].info.experiment_id
+    for number, run in children.items():
+        assert run.info.run_name == f"cvae-trial-{number}"
+        models = client.search_logged_models(experiment_ids=[experiment_id],
+                                             filter_string=f"source_run_id = '{run.info.run_id}'")
+        assert len(models) == (1 if number in (0, 1) else 0), number
+        assert {d.tags[0].value for d in run.inputs.dataset_inputs} == {"training", "validation", "test"}
+    best = client.get_model_version_by_alias("t-main", "best")
+    assert best.tags["trial_number"] == str(study.best_trial.number)
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).data.tags["registered_model"] == "models:/t-main@best"
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_parent_run_gets_plots_and_trials_table(main_study, tmp_path):
     client = main_study.client()
     parent_id = main_study.load().user_attrs["mlflow_parent_run_id"]
@@ -372,6 +388,11 @@ def test_suite_runs_every_variant_and_logs_a_summary(tmp_path, monkeypatch, caps
         assert not math.isnan(summary.data.metrics[f"{variant}/samples_per_s"])
     arts = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"suite_summary.csv", "suite_summary.md"} <= arts
+    assert "model_uri" in table[0]
+    for variant in config["variants"]:
+        row = next(line for line in table if f"suite-{variant}-digits" in line)
+        assert f"models:/suite-{variant}-digits/1" in row
+        assert str(client.get_model_version_by_alias(f"suite-{variant}-digits", "best").version) == "1"
 
 
 def test_suite_config_errors_are_one_line(tmp_path, capsys):

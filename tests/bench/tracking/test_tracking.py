@@ -1,16 +1,13 @@
-"""MLflow tracking of single runs: RunTracker, the train command's logging, figures, redaction."""
+"""MLflow tracking of single runs: RunTracker, the train command's logging, redaction (figures: tests/bench/figures)."""
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from PIL.Image import Image as PILImage
 
-from bench.figures import draw as figures
-from bench.figures.raster_plot import TAB_BLUE, TAB_ORANGE, nice_ticks, tick_label, viridis
+from bench.figures.kinds import FIGURE_FILES
 from bench.tracking import (
     DEFAULT_TRACKING_URI,
     MAX_PARAMS_PER_BATCH,
@@ -65,8 +62,10 @@ def test_redaction_masks_passwords_in_urls_and_text():
     assert redact("postgresql://bob:s3cret@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
     assert "s3cret" not in redact("failed: http://u:s3cret@host/api and sqlite:///x.db?password=s3cret")
     assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
-    assert ui_hint("http://u:s3cret@127.0.0.1:5000") == "open http://u:***@127.0.0.1:5000 in a browser"
-    assert ui_hint("sqlite:///m.db") == "mlflow ui --backend-store-uri sqlite:///m.db"
+    assert ui_hint("http://u:s3cret@127.0.0.1:5000") == ("open http://u:***@127.0.0.1:5000/#/experiments"
+                                                         "?workflowType=machine_learning in a browser")
+    assert ui_hint("sqlite:///m.db") == ("mlflow ui --backend-store-uri sqlite:///m.db, then open "
+                                         "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning")
 
 
 @pytest.mark.parametrize("argv", [["sync", "--spool-dir", "spool"],
@@ -178,69 +177,6 @@ def test_every_tracker_implements_the_tracker_interface():
     assert isinstance(NullTracker(), Tracker)
 
 
-# -- figures -------------------------------------------------------------------------------------
-
-def test_figures_show_what_they_say(digits):
-    from bench.figures.compute import fit_figure_data
-    from bench.training.config import TrainConfig
-    from bench.training.loop import fit
-    from bench.training.presets import model_config
-
-    result = fit(model_config("cvae", digits, latent_dim=6), TrainConfig(epochs=2), digits, progress=False,
-                 final_eval=False)
-    data = fit_figure_data(result)
-    assert set(data) == set(figures.FIGURE_FILES)
-    cell = 8 + 1  # 8x8 digits, 1 px padding
-    samples = data["class_samples"]
-    assert samples.pixels.shape == (10 * cell + 1, 10 * cell + 1)  # one row per class, 10 samples each
-    assert samples.row_labels == tuple(digits.class_names)
-    recon = data["reconstructions"]
-    assert recon.pixels.shape == (2 * cell + 1, 10 * cell + 1) and recon.row_labels == ("data", "recon")
-    np.testing.assert_allclose(recon.pixels[1:9, 1:9], digits.val.x[0, 0].numpy())  # top-left: the first original
-    traversal = data["latent_traversal"]
-    assert traversal.pixels.shape == (6 * cell + 1, 9 * cell + 1)  # all 6 latent dims, 9 steps
-    assert len(traversal.row_labels) == 6 and all(label.startswith("z") for label in traversal.row_labels)
-    kl = result.model.kl_per_dim(digits.val.x, digits.val.y)
-    np.testing.assert_allclose(data["kl_per_dim"].kl, kl.numpy(), rtol=1e-5)
-    assert list(data["recon_vs_kl"].epochs) == [1, 2]
-
-    figs = figures.fit_figures(result)  # drawn: what a run's PNGs show
-    assert set(figs) == set(figures.FIGURE_FILES) and all(isinstance(f, PILImage) for f in figs.values())
-    for name in ("reconstructions", "class_samples", "latent_traversal"):
-        grid, image = data[name], np.asarray(figs[name], dtype=float) / 255
-        scale = figures.cell_scale(grid.cell_px)
-        (x0, y0), (h, w) = figures.grid_origin(grid), grid.pixels.shape
-        np.testing.assert_allclose(image[y0:y0 + h * scale, x0:x0 + w * scale],
-                                   np.kron(grid.pixels, np.ones((scale, scale))), atol=0.5 / 255)
-        assert image[:y0].min() < 0.5 and image[y0:, :x0].min() < 0.5  # a title above, row labels at the left
-    bars = np.asarray(figs["kl_per_dim"])
-    baseline = max(r for r in range(bars.shape[0]) if (bars[r] == TAB_BLUE).all(axis=1).any())
-    blue = (bars[baseline] == TAB_BLUE).all(axis=1)
-    assert np.count_nonzero(blue[1:] & ~blue[:-1]) + int(blue[0]) == 6  # one bar per latent dimension
-    curves = np.asarray(figs["recon_vs_kl"])
-    third = curves.shape[1] // 3
-    for panel in (curves[:, :third], curves[:, third:2 * third]):  # recon, KL: train and val lines
-        assert (panel == TAB_BLUE).all(axis=2).sum() > 20 and (panel == TAB_ORANGE).all(axis=2).sum() > 20
-    assert (curves[:, 2 * third:] == viridis(1.0)).all(axis=2).any()  # the last epoch's point
-
-
-def test_ticks_are_round_and_labelled_to_their_step():
-    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(22.3, 40.4) == [25.0, 30.0, 35.0, 40.0]
-    assert nice_ticks(1.0, 20.0) == [5.0, 10.0, 15.0, 20.0]
-    assert [tick_label(t, [0.0, 0.25]) for t in (0.0, 0.25)] == ["0.00", "0.25"]
-    assert tick_label(30.0, [25.0, 30.0]) == "30"
-
-
-def test_rgb_and_large_images_draw_pixel_for_pixel():
-    rgb = figures.ImageGrid(np.random.default_rng(0).random((2 * 33 + 1, 3 * 33 + 1, 3), dtype=np.float32),
-                            "colour", cell_px=32, row_labels=("a", "b"))
-    image = np.asarray(figures.draw(rgb), dtype=float) / 255
-    (x0, y0), (h, w, _) = figures.grid_origin(rgb), rgb.pixels.shape
-    assert figures.cell_scale(32) == 1 and image.shape[2] == 3
-    np.testing.assert_allclose(image[y0:y0 + h, x0:x0 + w], rgb.pixels, atol=0.5 / 255)
-
-
 # -- the train command ---------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -266,7 +202,7 @@ def test_train_logs_epochs_finals_figures_and_tags(tmp_path, monkeypatch, capsys
     assert tags["variant"] == "cvae" and tags["dataset"] == "digits" and tags["device"] == "cpu"
     assert tags["torch_version"] and tags["device_name"] and tags["cuda_version"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
-    assert arts == set(figures.FIGURE_FILES.values())
+    assert arts == set(FIGURE_FILES.values())
 
 
 @pytest.mark.slow

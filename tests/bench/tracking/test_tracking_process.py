@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bench.tracking
 from bench.cli import train as train_command
 from bench.evaluation.metric_names import EPOCH_METRICS, FINAL_METRICS
 from bench.figures import draw as figures
@@ -44,7 +45,8 @@ def store(tmp_path, monkeypatch):
 
 @pytest.fixture
 def started(monkeypatch) -> list[TrackingProcess]:
-    """The tracking processes ``train`` starts, in order (``train_command.TrackingProcess`` records them)."""
+    """The tracking processes ``train`` starts, in order (``bench.tracking.TrackingProcess``, which ``train``
+    imports when it runs, records them)."""
     processes: list[TrackingProcess] = []
 
     class Recorded(TrackingProcess):
@@ -52,7 +54,7 @@ def started(monkeypatch) -> list[TrackingProcess]:
             super().__init__(**kwargs)
             processes.append(self)
 
-    monkeypatch.setattr(train_command, "TrackingProcess", Recorded)
+    monkeypatch.setattr(bench.tracking, "TrackingProcess", Recorded)
     return processes
 
 

@@ -1,0 +1,100 @@
+"""A fit's checkpoints on both sides: a local file and an artifact of the run, and finding one to resume.
+
+:class:`RunCheckpoints` is the ``checkpoint`` sink of :func:`bench.training.loop.fit`: each checkpoint
+is written to the local folder (:mod:`bench.training.checkpoint_store`), then logged through the
+run's tracker as ``checkpoint/state.pt`` (a :class:`bench.tracking.spool.ResilientClient` write, so
+it is spooled while the server is down). :meth:`RunCheckpoints.find` looks for the checkpoint to
+resume from: the local file first (same machine, works with the server down), then the artifact of
+the dead run (another machine). The first that loads, matches the run's fingerprint and is before
+the last epoch wins; every source that fails adds its reason to a one-line message.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.training import checkpoint as ckpt
+from bench.training.checkpoint_store import checkpoint_path, remove_checkpoint
+
+#: The artifact folder of a run's checkpoint (the file is :data:`bench.training.checkpoint.FILE_NAME`).
+ARTIFACT_DIR = "checkpoint"
+
+
+@dataclass
+class Found:
+    """What :meth:`RunCheckpoints.find` found: ``state`` (None: start at epoch 1), where from, and why not."""
+
+    state: dict[str, Any] | None
+    source: str | None = None
+    message: str | None = None
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"]) if self.state else 0
+
+
+class RunCheckpoints:
+    """The checkpoints of one run under local ``key``, also logged through ``tracker`` (None: local only)."""
+
+    def __init__(self, key: str, tracker: Any = None, *, root: Path | None = None) -> None:
+        self.key, self.tracker, self.root = key, tracker, root
+        self.path = checkpoint_path(key, root)
+        self.written = 0
+
+    def __call__(self, epoch: int, state: dict[str, Any]) -> None:
+        """Write the checkpoint of ``epoch``: the local file, then the run's artifact."""
+        ckpt.save(state, self.path)
+        self.written += 1
+        if self.tracker is not None:
+            self.tracker.log_file(str(self.path), ARTIFACT_DIR)
+
+    def find(self, fingerprint: str, epochs: int, *, client: Any = None, dead_run_id: str | None = None) -> Found:
+        """The checkpoint to resume a run of ``epochs`` epochs with ``fingerprint`` from.
+
+        ``client`` (an MlflowClient or ResilientClient) and ``dead_run_id``: where the dead run's
+        artifact is looked for when the local file is absent or unusable.
+        """
+        reasons: list[str] = []
+        if self.path.exists():
+            found = _try(self.path, "local", fingerprint, epochs, reasons)
+            if found:
+                return found
+        if client is not None and dead_run_id:
+            with tempfile.TemporaryDirectory(prefix="cvae-bench-ckpt-") as tmp:
+                local = _download(client, dead_run_id, tmp, reasons)
+                if local is not None:
+                    found = _try(local, f"run {dead_run_id}", fingerprint, epochs, reasons)
+                    if found:
+                        return found
+        return Found(None, message="; ".join(reasons) + "; starting at epoch 1" if reasons else None)
+
+    def remove(self) -> bool:
+        """Remove the local checkpoint; True if there was one. (The run's artifact stays with the run.)"""
+        return remove_checkpoint(self.key, self.root)
+
+
+def _try(path: Path, source: str, fingerprint: str, epochs: int, reasons: list[str]) -> Found | None:
+    try:
+        state = ckpt.load(path, fingerprint)
+        ckpt.check_resumable(state, epochs, fingerprint)
+    except ckpt.CheckpointError as exc:
+        reasons.append(f"{source} {exc}")
+        return None
+    return Found(state, source=source)
+
+
+def _download(client: Any, run_id: str, folder: str, reasons: list[str]) -> Path | None:
+    """The dead run's ``checkpoint/state.pt``, downloaded into ``folder`` (None if it has none)."""
+    mlflow_client = getattr(client, "client", client)  # a ResilientClient wraps an MlflowClient
+    name = f"{ARTIFACT_DIR}/{ckpt.FILE_NAME}"
+    try:
+        if not any(f.path == name for f in mlflow_client.list_artifacts(run_id, ARTIFACT_DIR)):
+            return None
+        return Path(mlflow_client.download_artifacts(run_id, name, folder))
+    except Exception as exc:  # noqa: BLE001 -- server down, run gone: resume from nothing, say why
+        reasons.append(f"run {run_id}'s checkpoint cannot be fetched ({type(exc).__name__}: "
+                       f"{' '.join(str(exc).split())[:120]})")
+        return None

@@ -1,0 +1,75 @@
+"""``cvae-bench train --resume RUN_ID``: a SIGKILLed train run continues from its checkpoint in a new
+run, with the whole history and the same final metrics as a run straight through (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.tracking import make_client
+from bench.training.checkpoint_store import checkpoint_root
+from studies.cli import main
+
+REPO = Path(__file__).resolve().parents[3]
+EPOCHS = 24
+ARGS = ["train", "--dataset", "digits", "--limit", "300", "--epochs", str(EPOCHS), "--iw-samples", "5",
+        "--checkpoint-every", "2", "--no-progress", "--no-model"]
+
+
+@pytest.mark.slow
+def test_train_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "studies.cli", *ARGS], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (found := list((checkpoint_root() / "run").glob("*/state.pt"))):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "no checkpoint in time"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed = found[0].parent.name
+
+    assert main([*ARGS, "--resume", killed, "--metrics-json", str(tmp_path / "resumed.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"--resume {killed}: continuing after epoch" in out
+    assert main([*ARGS, "--no-track", "--checkpoint-every", "0", "--metrics-json", str(tmp_path / "full.json")]) == 0
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    full = json.loads((tmp_path / "full.json").read_text())
+    assert resumed.keys() == full.keys()
+    for name, value in full.items():
+        assert resumed[name] == pytest.approx(value, rel=1e-6), name
+
+    client = make_client(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cvae-bench-train").experiment_id])
+    new = [r for r in runs if r.data.tags.get("resumed_from_run") == killed]
+    assert len(new) == 1
+    k = int(new[0].data.tags["resumed_from_epoch"])
+    assert 2 <= k < EPOCHS and k % 2 == 0
+    steps = sorted(m.step for m in client.get_metric_history(new[0].info.run_id, "val_neg_elbo"))
+    assert steps == list(range(1, EPOCHS + 1))  # each epoch once
+    assert not list((checkpoint_root() / "run").glob("*/state.pt"))  # both runs' checkpoints removed
+
+
+def test_a_negative_checkpoint_every_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(["train", "--dataset", "digits", "--epochs", "1", "--no-track", "--checkpoint-every", "-1"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    assert "--checkpoint-every -1" in capsys.readouterr().err
