@@ -16,7 +16,8 @@ local first, then the dead trial's run (``mlflow_run_id``) -- and resumes at epo
 to its own trial (the pruner sees the same curve), and logs the checkpoint's history 1..k into its
 own run, so the run has every epoch 1..E once. A checkpoint that cannot be read, or one made under
 other hyper-parameters, is not used: the retry starts at epoch 1 and prints why, in one line. A
-finished trial's local checkpoint is removed unless ``keep_checkpoints``.
+finished trial's checkpoints are removed unless ``keep_checkpoints``: the local file and the
+``checkpoint/`` artifacts of every run of its retry chain (user attribute ``checkpoint_runs``).
 
 A loss that turns NaN fails the trial, not the study: the objective returns NaN (Optuna marks the
 trial FAIL without a traceback), the reason is kept as the trial's ``fail_reason`` user attribute
@@ -130,7 +131,7 @@ class Objective:
         trial.set_user_attr("checkpoint_trial", chain)
         trial.set_user_attr("worker", WORKER_ID)
         tracker, params = self._start_run(trial, model_cfg, train_cfg, retry_of=retry_of)
-        checkpoints = RunCheckpoints(trial_key(s.study_name, chain), tracker if self.runs is not None else None)
+        checkpoints = self._checkpoints(trial, tracker, chain)
         resume = self._resume(trial, tracker, checkpoints, model_cfg, train_cfg, dead_run_id) \
             if retry_of is not None else None
         callbacks: list = [tracker]
@@ -169,6 +170,17 @@ class Objective:
         self._end(trial, tracker, "COMPLETE", "FINISHED", None)
         values = tuple(float(last[name]) for name in self.names)
         return values[0] if len(values) == 1 else values
+
+    def _checkpoints(self, trial: optuna.Trial, tracker: RunTracker | NullTracker, chain: int) -> RunCheckpoints:
+        """The trial's checkpoint sink. ``checkpoint_runs`` (user attribute, copied to a heartbeat retry)
+        lists the runs of the retry chain that may hold a ``checkpoint/`` artifact: the chain's end removes all."""
+        s = self.settings
+        if self.runs is None:
+            return RunCheckpoints(trial_key(s.study_name, chain))
+        earlier = [str(r) for r in trial.user_attrs.get("checkpoint_runs", [])]
+        if s.checkpoint_every:
+            trial.set_user_attr("checkpoint_runs", [*earlier, tracker.run_id])
+        return RunCheckpoints(trial_key(s.study_name, chain), tracker, client=self.runs.client, earlier_runs=earlier)
 
     def _resume(self, trial: optuna.Trial, tracker: RunTracker | NullTracker, checkpoints: RunCheckpoints,
                 model_cfg, train_cfg, dead_run_id: str | None) -> dict | None:

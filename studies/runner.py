@@ -325,7 +325,7 @@ class StudyRun:
         if errors:
             raise errors[0]
         if not spec.keep_checkpoints:
-            remove_finished_checkpoints(study, spec.name)
+            remove_finished_checkpoints(study, spec.name, self.client)
         counts = count_trials(study)
         notes: list[str] = []
         registration = None
@@ -359,11 +359,14 @@ class StudyRun:
         return notes, registration
 
 
-def remove_finished_checkpoints(study: optuna.Study, name: str) -> bool:
-    """Remove the study's local checkpoint folder once no trial is RUNNING or WAITING (True if removed):
-    a checkpoint left by a trial whose retries ran out has nothing left to resume."""
+def remove_finished_checkpoints(study: optuna.Study, name: str, client: Any = None) -> bool:
+    """Once no trial is RUNNING or WAITING, remove what checkpoints are left (True if a local one was):
+    the study's local checkpoint folder and, through ``client``, the ``checkpoint/`` artifacts of the
+    runs of failed trials (a worker that died with its retries used up). Finished trials have
+    removed their own; nothing is left to resume."""
     import shutil
 
+    from bench.tracking.checkpoints import delete_run_checkpoints
     from bench.training.checkpoint_store import checkpoint_root, safe_part
 
     if study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
@@ -371,6 +374,9 @@ def remove_finished_checkpoints(study: optuna.Study, name: str) -> bool:
     folder = checkpoint_root() / "study" / safe_part(name)
     existed = folder.exists()
     shutil.rmtree(folder, ignore_errors=True)
+    if client is not None:
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        delete_run_checkpoints(client, [r for t in failed for r in t.user_attrs.get("checkpoint_runs", [])])
     return existed
 
 

@@ -125,12 +125,12 @@ def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
     from bench.training.checkpoint_store import run_key
     from bench.training.loop import run_fingerprint
 
-    old = RunCheckpoints(run_key(args.resume))
     client = None
     if not args.no_track:
         from bench.tracking import make_client, resolve_tracking_uri
 
         client = make_client(resolve_tracking_uri(args.tracking_uri))
+    old = RunCheckpoints(run_key(args.resume), client=client, earlier_runs=[args.resume])
     found = old.find(run_fingerprint(model_cfg, train_cfg, data), train_cfg.epochs, client=client,
                      dead_run_id=args.resume)
     if found.state is None:

@@ -40,6 +40,10 @@ class Tracker(Protocol):
         """The file ``local_path`` as artifact ``artifact_dir/<its name>`` (e.g. ``checkpoint/state.pt``).
         The tracker keeps a copy where it writes later: the caller may change or delete the file."""
 
+    def delete_artifacts(self, artifact_dir: str) -> None:
+        """Delete the run's artifacts under ``artifact_dir`` (e.g. ``checkpoint``), after every earlier write.
+        Best effort: a store that refuses is warned about, never an error of the run."""
+
     def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
         """The data the run read (:func:`bench.tracking.dataset_inputs.dataset_inputs`), as MLflow inputs."""
 
@@ -84,6 +88,9 @@ class NullTracker:
         pass
 
     def log_file(self, local_path: str, artifact_dir: str) -> None:
+        pass
+
+    def delete_artifacts(self, artifact_dir: str) -> None:
         pass
 
     def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float], params: Mapping[str, str],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from bench.training import checkpoint as ckpt
 from bench.training.checkpoint_store import checkpoint_path, remove_checkpoint
@@ -37,10 +37,16 @@ class Found:
 
 
 class RunCheckpoints:
-    """The checkpoints of one run under local ``key``, also logged through ``tracker`` (None: local only)."""
+    """The checkpoints of one run under local ``key``, also logged through ``tracker`` (None: local only).
 
-    def __init__(self, key: str, tracker: Any = None, *, root: Path | None = None) -> None:
+    ``earlier_runs``: runs whose checkpoint this one continues (a retry chain, a resumed ``train``);
+    :meth:`remove` deletes their ``checkpoint/`` artifacts through ``client`` too.
+    """
+
+    def __init__(self, key: str, tracker: Any = None, *, root: Path | None = None, client: Any = None,
+                 earlier_runs: Sequence[str] = ()) -> None:
         self.key, self.tracker, self.root = key, tracker, root
+        self.client, self.earlier_runs = client, [r for r in earlier_runs if r]
         self.path = checkpoint_path(key, root)
         self.written = 0
 
@@ -72,8 +78,27 @@ class RunCheckpoints:
         return Found(None, message="; ".join(reasons) + "; starting at epoch 1" if reasons else None)
 
     def remove(self) -> bool:
-        """Remove the local checkpoint; True if there was one. (The run's artifact stays with the run.)"""
-        return remove_checkpoint(self.key, self.root)
+        """Remove the local checkpoint (True if there was one) and the ``checkpoint/`` artifacts of this
+        run (if it wrote any) and of the earlier runs. Deleting artifacts is best effort (see
+        :meth:`bench.tracking.spool.ResilientClient.delete_artifacts`)."""
+        existed = remove_checkpoint(self.key, self.root)
+        if self.tracker is not None and self.written:
+            self.tracker.delete_artifacts(ARTIFACT_DIR)
+        if self.client is not None:
+            delete_run_checkpoints(self.client, self.earlier_runs)
+        return existed
+
+
+def delete_run_checkpoints(client: Any, run_ids: Sequence[str]) -> None:
+    """Delete the ``checkpoint/`` artifacts of ``run_ids`` through ``client`` (an MlflowClient or a
+    ResilientClient; runs the server never saw, ``local-`` ids, are skipped)."""
+    from bench.tracking.spool import LOCAL_PREFIX, ResilientClient
+
+    if not isinstance(client, ResilientClient):
+        client = ResilientClient(client=client)
+    for run_id in dict.fromkeys(run_ids):
+        if run_id and not run_id.startswith(LOCAL_PREFIX):
+            client.delete_artifacts(run_id, ARTIFACT_DIR)
 
 
 def _try(path: Path, source: str, fingerprint: str, epochs: int, reasons: list[str]) -> Found | None:

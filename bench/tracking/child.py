@@ -196,6 +196,8 @@ class _Child:
                     tracker.log_file(message[1], message[2])
                 finally:
                     shutil.rmtree(Path(message[1]).parent, ignore_errors=True)
+            elif kind == "delete":
+                tracker.delete_artifacts(message[1])
             elif kind == "datasets":
                 tracker.log_datasets(message[1])
             elif kind == "model":

@@ -8,6 +8,7 @@ Messages, training process -> tracking process (stdin, length-prefixed pickles):
     ("figures", {name: FigureData})                                draw and log each figure (bench.figures)
     ("text", text, artifact_file)                                  one text artifact
     ("file", local_path, artifact_dir)                            one file artifact; its folder is removed
+    ("delete", artifact_dir)                                       delete the run's artifacts there
     ("datasets", [input, ...])                                     the run's dataset inputs
     ("model", saved_folder, options)                               a logged model; the folder is removed
     ("end", status, reason)                                        end the run; the last message

@@ -125,6 +125,10 @@ class TrackingProcess:
         shutil.copy2(local_path, copy)
         self._send(("file", str(copy), str(artifact_dir)))
 
+    def delete_artifacts(self, artifact_dir: str) -> None:
+        """The child deletes ``artifact_dir`` after writing everything sent before."""
+        self._send(("delete", str(artifact_dir)))
+
     def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
         self._send(("datasets", [{str(k): str(v) for k, v in d.items()} for d in inputs]))
 

@@ -114,6 +114,10 @@ class RunTracker:
         """``local_path`` as artifact ``artifact_dir/<name>``, written now (or spooled, with a copy)."""
         self._write("log_artifact", self._run_id, str(local_path), artifact_dir or None)
 
+    def delete_artifacts(self, artifact_dir: str) -> None:
+        """Delete ``artifact_dir`` of this run (now, or spooled after the writes before it)."""
+        self._write("delete_artifacts", self._run_id, artifact_dir)
+
     def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
         self._write("log_inputs", self._run_id, [dict(d) for d in inputs])
 

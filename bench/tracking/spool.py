@@ -1,7 +1,7 @@
 """MLflow writes that survive an unreachable tracking server.
 
 :class:`ResilientClient` wraps the few ``MlflowClient`` writes the harness makes (create_run,
-log_batch, log_artifact, log_inputs, a logged model, update_run, set_terminated). A write that fails for a transient reason
+log_batch, log_artifact, log_inputs, a logged model, delete_artifacts, update_run, set_terminated). A write that fails for a transient reason
 (connection refused, timeout, 5xx, a locked SQLite file) opens a circuit: the write and every later
 write go to a local *spool* -- one JSON line each, in order -- and training carries on without
 blocking. After a back-off (1 s, 2 s, 4 s ... up to 60 s) the next write first replays the spool; on
@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import threading
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -66,6 +67,12 @@ def is_transient(exc: BaseException) -> bool:
                                            "timed out", "database is locked", "connection aborted",
                                            "remotedisconnected", "503", "502", "504")))
     return False
+
+
+def _is_duplicate_key(exc: BaseException) -> bool:
+    """An insert that lost a race to an equal row (SQLite, PostgreSQL, MySQL wording)."""
+    text = str(exc).lower()
+    return "integrityerror" in text or any(s in text for s in ("unique constraint", "duplicate key", "duplicate entry"))
 
 
 DEAD_PROCESS_REASON = "the process logging this run ended before the run did (replayed by cvae-bench sync)"
@@ -160,6 +167,10 @@ class ResilientClient:
                       "params": {k: str(v) for k, v in params.items()}, "tags": {k: str(v) for k, v in tags.items()},
                       "requirements": list(requirements), "dataset": dataset})
 
+    def delete_artifacts(self, run_id: str, artifact_path: str) -> None:
+        """Delete the run's artifacts under ``artifact_path``; a store that refuses gets a warning, not an error."""
+        self._submit({"op": "delete_artifacts", "run_id": run_id, "artifact_path": artifact_path})
+
     def log_inputs(self, run_id: str, datasets: Sequence[dict[str, str]]) -> None:
         """Datasets the run read: dicts of name, digest, source_type, source, profile, context."""
         self._submit({"op": "log_inputs", "run_id": run_id, "datasets": [dict(d) for d in datasets]})
@@ -224,19 +235,48 @@ class ResilientClient:
                              params=record["params"], tags=record["tags"], requirements=record["requirements"],
                              dataset=record["dataset"])
         elif op == "log_inputs":
-            from mlflow.entities import Dataset, DatasetInput, InputTag
-
-            self.client.log_inputs(run_id, datasets=[
-                DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
-                                     source=d["source"], schema=d.get("schema"), profile=d.get("profile")),
-                             tags=[InputTag("mlflow.data.context", d["context"])])
-                for d in record["datasets"]])
+            self._log_inputs(run_id, record["datasets"])
+        elif op == "delete_artifacts":
+            self._delete_artifacts(run_id, record["artifact_path"])
         elif op == "update_run":
             self.client.update_run(run_id, status=record["status"])
         elif op == "set_terminated":
             self.client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
         else:
             raise ValueError(f"unknown spooled operation {op!r}")
+
+    def _log_inputs(self, run_id: str, datasets: Sequence[dict[str, str]], attempts: int = 3) -> None:
+        """``log_inputs``, retried when another writer created the same dataset first.
+
+        MLflow's SQL store looks a dataset up by (experiment, name, digest) and inserts it if absent:
+        two runs logging one dataset at once (workers that start together, ``--jobs``) race, and the
+        loser gets an IntegrityError (BAD_REQUEST). Its retry finds the winner's row and links to it."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
+
+        inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                                       source=d["source"], schema=d.get("schema"), profile=d.get("profile")),
+                               tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
+        for attempt in range(attempts):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException as exc:
+                if attempt + 1 == attempts or not _is_duplicate_key(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _delete_artifacts(self, run_id: str, artifact_path: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            artifact_uri = self.client.get_run(run_id).info.artifact_uri
+            get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri).delete_artifacts(artifact_path)
+        except Exception as exc:  # noqa: BLE001 -- transient: spooled and retried; otherwise not the run's failure
+            if is_transient(exc):
+                raise
+            print(f"warning: could not delete artifacts {artifact_path!r} of MLflow run {run_id}: "
+                  f"{redact_url(' '.join(str(exc).split()))[:200]}", file=sys.stderr)
 
     def _spool(self, record: dict[str, Any]) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)

@@ -121,6 +121,11 @@ def test_a_retried_trial_resumes_from_the_killed_workers_checkpoint(tmp_path, mo
         assert retried.user_attrs[name] == pytest.approx(value, rel=1e-6), name
     assert retried.user_attrs["val_neg_elbo"] == pytest.approx(reference.history[-1]["val_neg_elbo"], rel=1e-6)
     assert not (checkpoint_root() / "study" / "t-ckpt").exists()  # a finished study leaves none behind
+    dead_run = killed.user_attrs["mlflow_run_id"]
+    assert retried.user_attrs["checkpoint_runs"] == [dead_run, run_id]
+    client = make_client(w.tracking)
+    for rid in (dead_run, run_id):  # nor as MLflow artifacts, of the dead run or of the retry
+        assert client.list_artifacts(rid, "checkpoint") == [], rid
 
 
 @pytest.mark.slow
@@ -162,3 +167,34 @@ def test_a_checkpoint_of_other_hyper_parameters_is_refused(tmp_path, monkeypatch
     lines = [line for line in err.splitlines() if "starting at epoch 1" in line]
     assert len(lines) == 1 and "another configuration" in lines[0], err
     assert w.history(retried.user_attrs["mlflow_run_id"])["val_neg_elbo"] == list(range(1, EPOCHS + 1))
+
+
+def test_a_rerun_removes_the_checkpoints_of_trials_whose_retries_ran_out(tmp_path, monkeypatch):
+    """A FAIL trial (its worker died, no retry left) keeps its runs' checkpoints until the study is
+    rerun with nothing RUNNING or WAITING: then the local folder and the run artifacts go."""
+    from bench.training import checkpoint as ckpt
+    from studies.runner import remove_finished_checkpoints
+
+    monkeypatch.setenv("CVAE_BENCH_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    client = make_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    local = checkpoint_path(trial_key("t-gone", 0))
+    ckpt.save({"epoch": 2}, local)
+    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+    for run_id in runs:
+        client.log_artifact(run_id, str(local), "checkpoint")
+        client.log_text(run_id, "kept", "notes.txt")
+    study = optuna.create_study(study_name="t-gone", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    failed = study.ask()
+    failed.set_user_attr("checkpoint_runs", runs)
+    running = study.ask()
+
+    assert not remove_finished_checkpoints(study, "t-gone", client)  # a trial still runs: it may need them
+    assert local.exists() and all(client.list_artifacts(r, "checkpoint") for r in runs)
+    study.tell(failed, state=TrialState.FAIL)
+    study.tell(running, 1.0)
+    assert remove_finished_checkpoints(study, "t-gone", client)
+    assert not local.exists()
+    for run_id in runs:
+        assert client.list_artifacts(run_id, "checkpoint") == [], run_id
+        assert [f.path for f in client.list_artifacts(run_id)] == ["notes.txt"]

@@ -80,6 +80,9 @@ class Study:
         for w, log in zip(workers, self.logs[-len(workers):]):
             assert w.wait(timeout=timeout) == 0, log.read_text()[-3000:]
 
+    def log_tails(self, chars: int = 1500) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-chars:]}" for log in self.logs)
+
     def load(self) -> optuna.Study:
         return optuna.load_study(study_name=self.name, storage=self.storage)
 
@@ -125,7 +128,9 @@ def test_three_workers_started_together_share_one_study_and_one_parent_run(new_s
     assert [s.study_name for s in storage.get_all_studies()] == [study.name]
     trials = study.load().get_trials()
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # every number once
-    assert [t.state for t in trials].count(TrialState.COMPLETE) == n == len(trials)
+    why = ([(t.number, t.state.name, t.user_attrs.get("worker"), t.user_attrs.get("fail_reason")) for t in trials],
+           study.log_tails())
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == n == len(trials), why
     assert len({t.user_attrs["worker"] for t in trials}) >= 2, "the work was not shared"
 
     client, runs = study.runs()

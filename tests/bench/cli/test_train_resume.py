@@ -43,6 +43,13 @@ def test_train_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkey
         proc.kill()
         proc.wait()
     killed = found[0].parent.name
+    client = make_client(uri)
+    deadline = time.time() + 60
+    while client.get_run(killed).info.status == "RUNNING":  # its tracking process writes what it held, then ends it
+        assert time.time() < deadline, "the killed run was not ended by its tracking process"
+        time.sleep(0.1)
+    if not client.list_artifacts(killed, "checkpoint"):  # killed before the artifact was sent: as if it had been
+        client.log_artifact(killed, str(found[0]), "checkpoint")
 
     assert main([*ARGS, "--resume", killed, "--metrics-json", str(tmp_path / "resumed.json")]) == 0
     out = capsys.readouterr().out
@@ -54,7 +61,6 @@ def test_train_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkey
     for name, value in full.items():
         assert resumed[name] == pytest.approx(value, rel=1e-6), name
 
-    client = make_client(uri)
     runs = client.search_runs([client.get_experiment_by_name("cvae-bench-train").experiment_id])
     new = [r for r in runs if r.data.tags.get("resumed_from_run") == killed]
     assert len(new) == 1
@@ -63,6 +69,9 @@ def test_train_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkey
     steps = sorted(m.step for m in client.get_metric_history(new[0].info.run_id, "val_neg_elbo"))
     assert steps == list(range(1, EPOCHS + 1))  # each epoch once
     assert not list((checkpoint_root() / "run").glob("*/state.pt"))  # both runs' checkpoints removed
+    for run_id in (killed, new[0].info.run_id):  # locally and as MLflow artifacts
+        assert client.list_artifacts(run_id, "checkpoint") == [], run_id
+    assert client.list_artifacts(new[0].info.run_id, "figures")  # only the checkpoints went
 
 
 def test_a_negative_checkpoint_every_is_a_one_line_error(tmp_path, monkeypatch, capsys):

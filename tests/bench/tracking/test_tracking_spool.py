@@ -110,3 +110,56 @@ def test_sync_command_sends_a_dead_process_spool_and_fails_its_open_runs(server,
     assert run.info.status == "FAILED" and "ended before the run did" in run.data.tags["end_reason"]
     assert _history(writer.client, run.info.run_id, "val_kl") == [(1, 3.0)]
     assert not list(spool.glob("*.jsonl")) and not list(spool.glob("*.lock"))
+
+
+def test_runs_that_log_one_dataset_at_once_all_get_it(tmp_path):
+    """MLflow's SQL store races when two runs log a new dataset at the same moment (workers started
+    together): the loser's IntegrityError is retried, so no run, and no trial, fails for it."""
+    import threading
+
+    from bench.tracking import make_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    dataset = {"name": "digits", "digest": "0123abcd", "source_type": "code", "source": "sklearn",
+               "profile": "{}", "context": "training"}
+    errors: list[str] = []
+    setup = make_client(uri)
+    for rep in range(4):
+        experiment = setup.create_experiment(f"race-{rep}")
+        runs = [setup.create_run(experiment).info.run_id for _ in range(6)]
+        start = threading.Barrier(len(runs))
+
+        def log(run_id: str) -> None:
+            client = ResilientClient(uri, tmp_path / "spool")
+            start.wait()
+            try:
+                client.log_inputs(run_id, [dataset])
+            except Exception as exc:  # noqa: BLE001 -- collected, asserted below
+                errors.append(str(exc)[:200])
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for run_id in runs:
+            inputs = setup.get_run(run_id).inputs.dataset_inputs
+            assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [("digits", "0123abcd")], run_id
+    assert errors == []
+    assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").glob("*.jsonl"))  # nothing spooled
+
+
+@pytest.mark.slow
+def test_artifacts_are_deleted_through_the_server_and_a_refusal_is_only_a_warning(server, tmp_path, capsys):
+    rc = ResilientClient(server.uri, tmp_path / "spool")
+    run_id = rc.client.create_run(rc.client.create_experiment("deletes")).info.run_id
+    state = tmp_path / "state.pt"
+    state.write_bytes(b"checkpoint")
+    rc.log_artifact(run_id, state, "checkpoint")
+    rc.log_artifact(run_id, state, "kept")
+    assert [f.path for f in rc.client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/state.pt"]
+    rc.delete_artifacts(run_id, "checkpoint")
+    assert rc.client.list_artifacts(run_id, "checkpoint") == []
+    assert [f.path for f in rc.client.list_artifacts(run_id)] == ["kept"]
+    rc.delete_artifacts("0" * 32, "checkpoint")  # no such run: a warning, not the caller's failure
+    assert "could not delete artifacts 'checkpoint'" in capsys.readouterr().err
