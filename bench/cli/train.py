@@ -144,17 +144,17 @@ def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
 def run_train(args: argparse.Namespace) -> int:
     """Train, print the table and final metrics; with tracking, log the run from a tracking process.
 
-    The tracking process (:mod:`bench.tracking.process`) starts first, so that importing MLflow and
-    opening the store overlap loading the data and training. A store that cannot be opened stops the
+    The tracking process (:mod:`bench.tracking.process`) starts first, before this process imports
+    torch, so that importing MLflow, opening the store and the tracking process's warm-ups overlap
+    importing torch and loading the data, not training. A store that cannot be opened stops the
     command at the next epoch with a one-line error (exit 2); a tracking failure after the run exists
     lets training finish, print and write its results, then fails the same way.
     """
-    from bench.data import dataset_slug
-    from bench.evaluation import collapse_note
-    from bench.tracking import TrackingProcess, log_fit, resolve_tracking_uri, ui_hint
-    from bench.training import check_variant, fit
+    from bench.tracking import TrackingProcess
+    from models.config import VARIANTS, ConfigError
 
-    check_variant(args.variant)
+    if args.variant not in VARIANTS:
+        raise ConfigError(f"variant={args.variant!r}: must be one of {', '.join(VARIANTS)}")
     if args.metrics_json:
         check_writable(args.metrics_json, "--metrics-json")
     if args.checkpoint_every < 0:
@@ -162,6 +162,11 @@ def run_train(args: argparse.Namespace) -> int:
     tracking = None if args.no_track else TrackingProcess()
     resume, resumed = None, None
     try:
+        from bench.data import dataset_slug
+        from bench.evaluation import collapse_note
+        from bench.tracking import log_fit, log_fit_figures, resolve_tracking_uri, ui_hint
+        from bench.training import fit
+
         data = load_data_from_args(args)
         model_cfg, train_cfg = configs_from_args(args, data)
         print(f"cvae-bench train: {model_cfg.variant} on {data.name} ({len(data.train)}/{len(data.val)}/"
@@ -185,15 +190,16 @@ def run_train(args: argparse.Namespace) -> int:
             tracking.log_metrics(metrics, step=int(row["epoch"]))
     sink = RunCheckpointSink(tracking) if tracking and args.checkpoint_every else None
     with tracking or contextlib.nullcontext():
+        # The figures go to the tracking process before the test metrics are computed: it draws them meanwhile.
+        figures = (lambda trained: log_fit_figures(tracking, trained)) if tracking else None
         result = fit(model_cfg, train_cfg, data, callbacks=[table, *filter(None, [tracking])],
                      progress=not args.no_progress, checkpoint=sink, checkpoint_every=args.checkpoint_every,
-                     resume=resume)
+                     resume=resume, on_trained=figures)
         if not args.keep_checkpoints:  # a finished run needs none (a killed one keeps its own)
             for done in filter(None, [sink, resumed]):
                 done.remove()
         if tracking:
-            # Figures are computed while the tracking process writes the epochs it held back.
-            log_fit(tracking, result, log_model=not args.no_model, params=params, datasets=inputs,
+            log_fit(tracking, result, log_model=not args.no_model, params=params, datasets=inputs, figures=False,
                     tags={"variant": model_cfg.variant, "dataset": data.name, "command": "train"})
     print("final metrics (nats per example unless named):")
     for key, value in result.final.items():

@@ -25,6 +25,8 @@ from bench.tracking.redaction import redact_url
 
 #: While training runs, the tracking process writes at most one burst per this many seconds.
 LIVE_INTERVAL_S = 2.0
+#: Processes that draw a run's figures side by side (:mod:`bench.figures.draw_pool`).
+DRAW_WORKERS = min(3, os.cpu_count() or 1)
 
 
 class _Inbox:
@@ -36,6 +38,13 @@ class _Inbox:
         self.fd = fd
         self.buffer = bytearray()
         self.eof = False
+
+    def ready(self) -> bool:
+        """True if a message (or end-of-file) can be read without waiting."""
+        if self.eof or len(self.buffer) >= HEADER.size:
+            return True
+        ready, _, _ = select.select([self.fd], [], [], 0)
+        return bool(ready)
 
     def get(self, timeout: float | None = None) -> tuple | None:
         """The next message; None at end-of-file; :attr:`TIMEOUT` if none came within ``timeout`` s."""
@@ -70,6 +79,26 @@ def _merge_steps(messages: list[tuple]) -> list[tuple]:
     return merged
 
 
+def _drop_superseded_files(messages: list[tuple]) -> list[tuple]:
+    """``messages`` without the "file" messages a later one makes moot: a later "file" of the same
+    artifact path, or a later "delete" of its folder (a run's checkpoints, held back while training
+    ran: each replaces the one before, and a finished run deletes them). Their copies are removed."""
+    kept: list[tuple] = []
+    deleted: set[str] = set()
+    written: set[tuple[str, str]] = set()
+    for message in reversed(messages):
+        if message[0] == "delete":
+            deleted.add(message[1])
+        elif message[0] == "file":
+            target = (message[2], Path(message[1]).name)
+            if message[2] in deleted or target in written:
+                shutil.rmtree(Path(message[1]).parent, ignore_errors=True)
+                continue
+            written.add(target)
+        kept.append(message)
+    return kept[::-1]
+
+
 class _Child:
     """Reads messages from the training process and writes them through one RunTracker.
 
@@ -79,10 +108,13 @@ class _Child:
     written when the training process ends the run.
     """
 
-    def __init__(self, inbox: _Inbox, outbox: BinaryIO) -> None:
+    def __init__(self, inbox: _Inbox, outbox: BinaryIO, pool: Any = None) -> None:
         self.inbox, self.outbox = inbox, outbox
         self.tracker: Any = None
         self.tracking_uri = ""
+        self.pool = pool  # a bench.figures.draw_pool.DrawPool, or None: figures are drawn here
+        self._drawing: str | None = None  # the folder the pool draws the submitted figures into
+        self._file_dirs: set[str] = set()  # artifact folders this process has written files to
 
     def reply(self, *message: Any) -> None:
         try:
@@ -98,6 +130,9 @@ class _Child:
             missing: ImportError | None = exc
         else:
             missing = None
+        steps = self._warm_up_steps() if missing is None else []
+        while steps and not self.inbox.ready():  # warm up until the run starts; the rest after
+            _run_step(steps.pop(0))
         start = self.inbox.get()
         if start is None or start[0] != "start":
             return 0  # abandoned before the run existed: write nothing
@@ -119,14 +154,10 @@ class _Child:
             return 1
         self.reply("run", self.tracker.run_id)
         try:
+            for step in steps:
+                _run_step(step)
             self.tracker.log_params(params)
-            from bench.figures.draw import warm_up
-
-            warm_up()  # fonts and the PNG encoder, while training runs: drawing at the end is then fast
             self._warm_store()
-            from bench.tracking.logged_model import warm_up as warm_up_model_logging
-
-            warm_up_model_logging()  # MLflow's model modules, while training runs
             # Everything allocated so far (mlflow's modules: ~1e6 objects) lives as long as the process;
             # without this, the first full collection stalls one write for ~0.1 s.
             gc.freeze()
@@ -139,11 +170,54 @@ class _Child:
                 pass
             return 1
 
-    def _warm_store(self) -> None:
-        """Read the run once: the store compiles its queries now rather than at the first artifact
-        (~10 ms at the end, where it counts). A read may fail (a spooled run): then nothing is warmed."""
+    def _warm_up_steps(self) -> list:
+        """What the end of a run needs, done ahead: while the training process imports torch and loads
+        data (seconds, on one core) this process has a core to itself, and the run does not exist yet;
+        once training runs, this niced process is starved. What opening a SQL store imports (~0.8 s of
+        CPU), then MLflow's model-writing modules. The run is created as soon as it is asked for,
+        between two steps."""
+
+        def sql_store() -> None:
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+        from bench.tracking.logged_model import warm_up as model_logging
+
+        return [sql_store, model_logging]
+
+    def _submit_figures(self, figure_data: dict) -> None:
+        """Start drawing the figures in the pool (logged by :meth:`_log_drawn_figures`); without one, now."""
+        if self.pool is None or not self.pool.size:
+            self.tracker.log_figures(figure_data)
+            return
+        import tempfile
+
+        from bench.figures.kinds import FIGURE_FILES
+
+        self._log_drawn_figures()  # one batch at a time
+        self._drawing = tempfile.mkdtemp(prefix="cvae-bench-figures-")
+        self.pool.submit(figure_data, self._drawing, {name: FIGURE_FILES[name].rpartition("/")[2]
+                                                      for name in figure_data})
+
+    def _log_drawn_figures(self) -> None:
+        if self._drawing is None:
+            return
+        from bench.figures.kinds import FIGURE_FILES
+
         try:
-            self.tracker.client.get_run(self.tracker.run_id)
+            for name, path in self.pool.collect().items():
+                self.tracker.log_file(path, FIGURE_FILES[name].rpartition("/")[0])
+        finally:
+            shutil.rmtree(self._drawing, ignore_errors=True)
+            self._drawing = None
+
+    def _warm_store(self) -> None:
+        """Read the run and the experiment's logged models once: the store compiles its queries now
+        rather than at the first artifact and the logged model (tens of ms at the end, where it counts).
+        A read may fail (a spooled run): then nothing is warmed."""
+        try:
+            client = self.tracker.client
+            experiment_id = client.get_run(self.tracker.run_id).info.experiment_id
+            client.search_logged_models(experiment_ids=[experiment_id], max_results=1)  # the logged-model tables
         except Exception:  # noqa: BLE001 - only a warm-up
             pass
 
@@ -158,6 +232,9 @@ class _Child:
                 self.tracker.end("KILLED", "the training process exited before ending the run")
                 self._settle()
                 return 1
+            if message is not _Inbox.TIMEOUT and message[0] == "figures":
+                self._submit_figures(message[1])  # drawn now, while the training process evaluates
+                continue
             if message is not _Inbox.TIMEOUT:
                 if not held:
                     held_since = time.monotonic()
@@ -176,7 +253,7 @@ class _Child:
         go in one request."""
         tracker = self.tracker
         rows: list[tuple[str, float, int]] = []  # consecutive metrics messages, sent as one request
-        for message in _merge_steps(messages):
+        for message in _merge_steps(_drop_superseded_files(messages)):
             kind = message[0]
             if kind == "metrics":
                 rows += [(k, v, message[2]) for k, v in message[1].items()]
@@ -184,7 +261,7 @@ class _Child:
             tracker.log_metric_steps(rows)
             rows = []
             if kind == "figures":
-                tracker.log_figures(message[1])
+                self._submit_figures(message[1])
             elif kind == "params":
                 tracker.log_params(message[1])
             elif kind == "tags":
@@ -194,20 +271,25 @@ class _Child:
             elif kind == "file":
                 try:
                     tracker.log_file(message[1], message[2])
+                    self._file_dirs.add(message[2])
                 finally:
                     shutil.rmtree(Path(message[1]).parent, ignore_errors=True)
             elif kind == "delete":
-                tracker.delete_artifacts(message[1])
+                if message[1] in self._file_dirs:  # else nothing of this run is there (held files were dropped)
+                    tracker.delete_artifacts(message[1])
+                    self._file_dirs.discard(message[1])
             elif kind == "datasets":
                 tracker.log_datasets(message[1])
             elif kind == "model":
                 tracker.log_model(message[1], **message[2])
             elif kind == "end":
+                self._log_drawn_figures()
                 tracker.end(message[1], message[2])
                 self.reply("done", tracker.run_id, self._settle())
             else:
                 raise ValueError(f"unknown message {kind!r}")
         tracker.log_metric_steps(rows)
+        self._log_drawn_figures()
         messages.clear()
         return 0
 
@@ -216,16 +298,43 @@ class _Child:
         return self.tracker.client.settle()
 
 
+def _drawing_pool() -> Any:
+    """matplotlib and the figures' frames warmed up (:func:`bench.figures.draw.warm_up`, ~0.4 s of CPU),
+    then the processes that draw a run's figures (:mod:`bench.figures.draw_pool`), forked now: no thread
+    runs yet, and they keep the normal priority (this process lowers its own next) -- they wait until
+    the run's figures come, after training. None if matplotlib cannot be set up (figures are then
+    drawn, or fail to, where they are logged)."""
+    try:
+        from bench.figures.draw import warm_up
+        from bench.figures.draw_pool import DrawPool
+
+        warm_up()
+        return DrawPool(DRAW_WORKERS)
+    except Exception:  # noqa: BLE001 -- only a warm-up
+        return None
+
+
+def _run_step(step) -> None:
+    try:
+        step()
+    except Exception:  # noqa: BLE001 -- only a warm-up: what it prepares is done later if need be
+        pass
+
+
 def main(argv: list[str]) -> int:
     """``python -m bench.tracking.child REPLY_FD NICENESS`` (started by :class:`TrackingProcess`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reply_fd, niceness = int(argv[0]), int(argv[1])
+    pool = _drawing_pool()
     if niceness:
         os.nice(niceness)
     configure_mlflow_environment()
     with os.fdopen(reply_fd, "wb") as outbox:
-        code = _Child(_Inbox(sys.stdin.fileno()), outbox).serve()
+        child = _Child(_Inbox(sys.stdin.fileno()), outbox, pool)
+        code = child.serve()
         outbox.flush()
+        if child.pool is not None:
+            child.pool.close()
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip the interpreter's teardown of mlflow's modules (~0.1 s): every write is committed by now.

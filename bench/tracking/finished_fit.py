@@ -1,5 +1,5 @@
 """The one function that logs a finished fit: final metrics, figures and the trained model, through
-any :class:`Tracker`."""
+any :class:`Tracker` (:func:`log_fit`; :func:`log_fit_figures` logs the figures on their own, earlier)."""
 
 from __future__ import annotations
 
@@ -12,25 +12,36 @@ if TYPE_CHECKING:
     from bench.training.loop import FitResult
 
 
+def log_fit_figures(tracker: Tracker, result: "FitResult") -> None:
+    """``result``'s figures: computed here, in the training process (the model and the RNGs are left
+    as they were), drawn by the tracker (which may be another process). Needs no final metrics:
+    ``fit(on_trained=...)`` may call it before they are computed."""
+    if isinstance(tracker, NullTracker):
+        return
+    from bench.figures.compute import fit_figure_data
+
+    tracker.log_figures(fit_figure_data(result))
+
+
 def log_fit(tracker: Tracker, result: "FitResult", *, log_model: bool = True, params: Mapping[str, Any] = (),
-            tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = ()) -> None:
+            tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = (), figures: bool = True) -> None:
     """``result``'s final test metrics and ``train_seconds`` (``step`` = last epoch), its figures
-    (computed here, in the training process; drawn by the tracker, which may be another process) and,
-    with ``log_model``, the trained CVAE as a logged model of the run, the final metrics linked to it
-    and to the test split of ``datasets`` (:func:`bench.tracking.dataset_inputs.dataset_inputs`).
+    (:func:`log_fit_figures`; ``figures=False``: they were logged already) and, with ``log_model``,
+    the trained CVAE as a logged model of the run, the final metrics linked to it and to the test
+    split of ``datasets`` (:func:`bench.tracking.dataset_inputs.dataset_inputs`).
     ``params``/``tags`` are the logged model's (the run's configuration, say)."""
     if isinstance(tracker, NullTracker):
         return
     import torch
 
-    from bench.figures.compute import fit_figure_data
     from bench.tracking.logged_model import pip_requirements
     from models.saved_model import save
 
     step = int(result.history[-1]["epoch"]) if result.history else 0
     final = {**result.final, "train_seconds": result.train_seconds}
     tracker.log_metrics(final, step=step)
-    tracker.log_figures(fit_figure_data(result))
+    if figures:
+        log_fit_figures(tracker, result)
     if log_model:
         folder = save(result.model, tempfile.mkdtemp(prefix="cvae-bench-saved-"), result.data.class_names)
         test = next((d for d in datasets if d.get("context") == "test"), None)

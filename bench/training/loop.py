@@ -63,7 +63,7 @@ def seed_everything(seed: int) -> None:
 def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
         callbacks: Sequence[EpochCallback] = (), progress: bool = True, final_eval: bool = True,
         checkpoint: CheckpointSink | None = None, checkpoint_every: int = 0,
-        resume: dict | None = None) -> FitResult:
+        resume: dict | None = None, on_trained: Callable[[FitResult], None] | None = None) -> FitResult:
     """Train ``model_cfg`` on ``data.train``; evaluate on val each epoch and on test at the end.
 
     Each epoch's metrics (see :data:`bench.evaluation.metric_names.EPOCH_METRICS`) go to every callback as
@@ -77,6 +77,11 @@ def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
     A resume whose fingerprint is not this run's raises :class:`CheckpointRefused` before any training.
     On CPU with a fixed seed a resumed fit ends with the same history and final metrics as one run
     straight through.
+
+    ``on_trained(result)`` is called once the last epoch is done, before the final test metrics
+    (``result.final`` is still empty): ``train`` hands the figures to its tracking process there, so
+    that they are drawn while the test metrics are computed. It must leave the model and the RNGs as
+    it found them.
     """
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ValueError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 0 (epochs; 0 = off)")
@@ -84,7 +89,7 @@ def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
     graphs = train_cfg.use_cuda_graphs(device)
     with device_context(device):  # streams, events and graphs on the chosen GPU, not the default one
         return _fit(model_cfg, train_cfg, data, device, graphs, callbacks, progress, final_eval,
-                    checkpoint if checkpoint_every else None, checkpoint_every, resume)
+                    checkpoint if checkpoint_every else None, checkpoint_every, resume, on_trained)
 
 
 def run_fingerprint(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits) -> str:
@@ -94,7 +99,8 @@ def run_fingerprint(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSpl
 
 def _fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, device: torch.device, graphs: bool,
          callbacks: Sequence[EpochCallback], progress: bool, final_eval: bool,
-         checkpoint: CheckpointSink | None, checkpoint_every: int, resume: dict | None) -> FitResult:
+         checkpoint: CheckpointSink | None, checkpoint_every: int, resume: dict | None,
+         on_trained: Callable[[FitResult], None] | None) -> FitResult:
     fp = run_fingerprint(model_cfg, train_cfg, data) if (checkpoint is not None or resume is not None) else ""
     if resume is not None:
         ckpt.check_resumable(resume, train_cfg.epochs, fp)
@@ -158,6 +164,8 @@ def _fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, device
             checkpoint(epoch, ckpt.make_state(fingerprint=fp, epoch=epoch, model=model, optimizer=optimizer,
                                               generator=loop.gen, history=result.history))
     bar.close()
+    if on_trained is not None:
+        on_trained(result)
     if final_eval:
         result.final = final_metrics(model, data, iw_samples=train_cfg.iw_samples, seed=train_cfg.seed,
                                      eval_batch_size=train_cfg.eval_batch_size,

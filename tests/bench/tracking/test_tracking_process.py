@@ -375,3 +375,18 @@ def test_server_down_at_the_end_spools_the_run_and_says_so(tmp_path, monkeypatch
         assert names == set(figures.FIGURE_FILES.values())  # replayed artifacts keep their names
     finally:
         server.stop()
+
+
+def test_held_checkpoint_files_that_a_later_one_or_a_delete_makes_moot_are_not_written(tmp_path):
+    def file(name: str, folder: str, artifact_dir: str) -> tuple:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(b"x")
+        return ("file", str(tmp_path / folder / name), artifact_dir)
+
+    first, second = file("state.pt", "a", "checkpoint"), file("state.pt", "b", "checkpoint")
+    notes, gone = file("notes.txt", "c", "extra"), file("state.pt", "d", "old")
+    held = [first, ("metrics", {"a": 1.0}, 1), notes, gone, second, ("delete", "old"), ("end", "FINISHED", None)]
+    assert tracking_child._drop_superseded_files(held) == [
+        ("metrics", {"a": 1.0}, 1), notes, second, ("delete", "old"), ("end", "FINISHED", None)]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()  # the dropped copies are removed
+    assert (tmp_path / "b" / "state.pt").exists() and (tmp_path / "c" / "notes.txt").exists()

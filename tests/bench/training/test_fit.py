@@ -183,3 +183,21 @@ def test_epoch_metrics_are_the_means_of_the_steps_and_step_ms_is_per_step(digits
         seconds += steps * 256 / h["samples_per_s"]
     assert seconds == pytest.approx(result.train_seconds, rel=1e-6)
     assert result.history[0]["beta"] < result.history[1]["beta"]  # the warm-up is in the weights given
+
+
+def test_on_trained_sees_the_trained_model_before_the_test_metrics_and_changes_none(digits):
+    """``train`` computes its figures in ``on_trained``: after the last epoch, before the final metrics,
+    which come out as they do without it."""
+    from bench.figures.compute import fit_figure_data
+
+    cfg, train = model_config("cvae", digits, latent_dim=4), TrainConfig(epochs=2, seed=3, device="cpu", iw_samples=5)
+    seen = []
+
+    def on_trained(result):
+        seen.append((len(result.history), dict(result.final)))
+        fit_figure_data(result)
+
+    hooked = fit(cfg, train, digits, progress=False, on_trained=on_trained)
+    plain = fit(cfg, train, digits, progress=False)
+    assert seen == [(2, {})]
+    assert hooked.final == plain.final
