@@ -322,6 +322,8 @@ class StudyRun:
                 raise
             finally:
                 progress.close()
+                if objective.finisher is not None:
+                    objective.finisher.drain()  # the models of completed trials, before anything reads them
         if errors:
             raise errors[0]
         if not spec.keep_checkpoints:

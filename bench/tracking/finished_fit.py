@@ -32,21 +32,31 @@ def log_fit(tracker: Tracker, result: "FitResult", *, log_model: bool = True, pa
     ``params``/``tags`` are the logged model's (the run's configuration, say)."""
     if isinstance(tracker, NullTracker):
         return
-    import torch
-
-    from bench.tracking.logged_model import pip_requirements
-    from models.saved_model import save
-
     step = int(result.history[-1]["epoch"]) if result.history else 0
     final = {**result.final, "train_seconds": result.train_seconds}
     tracker.log_metrics(final, step=step)
     if figures:
         log_fit_figures(tracker, result)
     if log_model:
-        folder = save(result.model, tempfile.mkdtemp(prefix="cvae-bench-saved-"), result.data.class_names)
-        test = next((d for d in datasets if d.get("context") == "test"), None)
-        tracker.log_model(str(folder), step=step, metrics=result.final,
-                          params={str(k): str(v) for k, v in dict(params).items()},
-                          tags={str(k): str(v) for k, v in dict(tags).items()},
-                          requirements=pip_requirements(torch.__version__),
-                          dataset={"name": test["name"], "digest": test["digest"]} if test else None)
+        log_fit_model(tracker, result, params=params, tags=tags, datasets=datasets)
+
+
+def log_fit_model(tracker: Tracker, result: "FitResult", *, params: Mapping[str, Any] = (),
+                  tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = ()) -> None:
+    """The trained CVAE of ``result`` as a logged model of the run, its final metrics linked to it and
+    to the test split of ``datasets`` (what :func:`log_fit` does with ``log_model``)."""
+    if isinstance(tracker, NullTracker):
+        return
+    import torch
+
+    from bench.tracking.logged_model import pip_requirements
+    from models.saved_model import save
+
+    step = int(result.history[-1]["epoch"]) if result.history else 0
+    folder = save(result.model, tempfile.mkdtemp(prefix="cvae-bench-saved-"), result.data.class_names)
+    test = next((d for d in datasets if d.get("context") == "test"), None)
+    tracker.log_model(str(folder), step=step, metrics=result.final,
+                      params={str(k): str(v) for k, v in dict(params).items()},
+                      tags={str(k): str(v) for k, v in dict(tags).items()},
+                      requirements=pip_requirements(torch.__version__),
+                      dataset={"name": test["name"], "digest": test["digest"]} if test else None)

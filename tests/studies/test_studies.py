@@ -453,3 +453,40 @@ def test_worker_creates_then_joins_a_study_from_its_stored_settings(tmp_path, mo
 
     assert main([*common, "--epochs", "4"]) == 2  # a defining setting that disagrees with the study
     assert "was made with epochs=1, not 4" in capsys.readouterr().err
+
+
+def test_run_finisher_ends_runs_in_order_after_their_model_and_a_failed_write_ends_it_failed(capsys):
+    import threading
+
+    from studies.objective import RunFinisher
+
+    class Recorder:
+        def __init__(self, name, log):
+            self.name, self.log = name, log
+
+        def set_tags(self, tags):
+            self.log.append((self.name, "tags", dict(tags)))
+
+        def end(self, status="FINISHED", reason=None):
+            self.log.append((self.name, "end", status, reason))
+
+    log: list = []
+    gate = threading.Event()
+
+    def slow_model():
+        gate.wait(5)
+        log.append(("a", "model"))
+
+    def broken_model():
+        raise OSError("disk full")
+
+    finisher = RunFinisher()
+    finisher.submit(1, Recorder("a", log), slow_model)
+    finisher.submit(2, Recorder("b", log), broken_model)
+    assert log == []  # queued behind the slow one: the caller did not wait
+    gate.set()
+    finisher.drain()
+    assert log == [("a", "model"), ("a", "tags", {"trial_state": "COMPLETE"}), ("a", "end", "FINISHED", None),
+                   ("b", "tags", {"trial_state": "COMPLETE"}),
+                   ("b", "end", "FAILED", "logging the model failed: OSError: disk full")]
+    assert "warning: trial 2: logging the model failed: OSError: disk full" in capsys.readouterr().err
