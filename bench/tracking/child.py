@@ -247,7 +247,8 @@ class _Child:
             last_burst = time.monotonic()
 
     def _write(self, messages: list[tuple]) -> int:
-        """Write ``messages`` in order (and empty the list); after an "end", reply "done".
+        """Write ``messages`` in order (and empty the list); after an "end", reply "done". ("figures" are
+        never held: :meth:`_serve_run` hands them to the drawing pool as they come.)
 
         Metrics of one step that follow each other (the last epoch's and the final test metrics)
         go in one request."""
@@ -260,9 +261,7 @@ class _Child:
                 continue
             tracker.log_metric_steps(rows)
             rows = []
-            if kind == "figures":
-                self._submit_figures(message[1])
-            elif kind == "params":
+            if kind == "params":
                 tracker.log_params(message[1])
             elif kind == "tags":
                 tracker.set_tags(message[1])
