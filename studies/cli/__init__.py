@@ -76,5 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> int:
+    """The ``cvae-bench`` console script (and ``python -m studies.cli``): :func:`main`, then a quick exit.
+
+    After torch is imported, the interpreter's last garbage collection at exit walks millions of
+    objects: ~1.2 s of every command on a 2-core VM, tracked or not. Freezing them (``gc.freeze``)
+    skips that walk; exit handlers, thread joins and module teardown still run as usual.
+    """
+    import gc
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

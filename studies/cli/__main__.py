@@ -2,6 +2,6 @@
 
 import sys
 
-from studies.cli import main
+from studies.cli import run
 
-sys.exit(main())
+sys.exit(run())

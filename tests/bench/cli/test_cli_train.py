@@ -201,3 +201,15 @@ def test_every_option_with_a_default_states_it_in_its_help():
             if (action.option_strings and action.dest != "help" and not action.required
                     and action.default not in (None, False)):
                 assert "default" in (action.help or ""), (command, action.option_strings)
+
+
+def test_console_entry_returns_mains_code_and_freezes_only_after_it(monkeypatch):
+    import gc
+
+    import studies.cli as cli
+
+    events = []
+    monkeypatch.setattr(cli, "main", lambda: events.append("main") or 3)
+    monkeypatch.setattr(gc, "freeze", lambda: events.append("freeze"))
+    assert cli.run() == 3
+    assert events == ["main", "freeze"]
