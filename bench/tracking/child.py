@@ -299,10 +299,12 @@ class _Child:
 
 def _drawing_pool() -> Any:
     """matplotlib and the figures' frames warmed up (:func:`bench.figures.draw.warm_up`, ~0.4 s of CPU),
-    then the processes that draw a run's figures (:mod:`bench.figures.draw_pool`), forked now: no thread
-    runs yet, and they keep the normal priority (this process lowers its own next) -- they wait until
-    the run's figures come, after training. None if matplotlib cannot be set up (figures are then
-    drawn, or fail to, where they are logged)."""
+    then the processes that draw a run's figures (:mod:`bench.figures.draw_pool`), forked now, while no
+    thread runs yet; they wait until the run's figures come, after training. They inherit this
+    process's lowest priority: drawing at niceness 0 beside the test-metric evaluation slowed it by
+    ~0.15 s on a 2-core VM (its two OpenMP threads lose more than the drawing takes); at 19 they draw
+    in the idle time it leaves and finish while the command waits. None if matplotlib cannot be set up
+    (figures are then drawn, or fail to, where they are logged)."""
     try:
         from bench.figures.draw import warm_up
         from bench.figures.draw_pool import DrawPool
@@ -324,9 +326,9 @@ def main(argv: list[str]) -> int:
     """``python -m bench.tracking.child REPLY_FD NICENESS`` (started by :class:`TrackingProcess`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reply_fd, niceness = int(argv[0]), int(argv[1])
-    pool = _drawing_pool()
     if niceness:
         os.nice(niceness)
+    pool = _drawing_pool()
     configure_mlflow_environment()
     with os.fdopen(reply_fd, "wb") as outbox:
         child = _Child(_Inbox(sys.stdin.fileno()), outbox, pool)

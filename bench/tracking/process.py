@@ -11,7 +11,7 @@ between kernels) and loses more time to a concurrent write than the write takes 
 19, ~3x at 5). So the child runs at the lowest priority (:data:`NICENESS`), starts before the
 training process imports torch, and does its slow work while the training process imports torch and
 loads data (one core): importing MLflow and a SQL store, matplotlib and the figures' frames, forking
-the processes that draw the figures, MLflow's model-writing modules -- then creates the run the
+the processes that draw the figures (at that priority too), MLflow's model-writing modules -- then creates the run the
 moment it is asked to. While training runs it holds its writes, sending at most one burst per
 :data:`LIVE_INTERVAL_S` (epochs slower than that are written as they arrive); a held checkpoint that
 a later one replaces, or that the finished run deletes, is never written. What is held is written
