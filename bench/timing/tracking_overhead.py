@@ -39,10 +39,10 @@ def _children_cpu_s() -> float:
 def time_run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one ``cvae-bench`` process; raises if it fails. The CPU seconds
     count the process and every descendant that was waited for."""
-    cpu, start = _children_cpu_s(), time.perf_counter()
+    cpu_start, start = _children_cpu_s(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "studies.cli", *argv], cwd=cwd, env=env, capture_output=True,
                           text=True)
-    seconds, cpu = time.perf_counter() - start, _children_cpu_s() - cpu
+    seconds, cpu = time.perf_counter() - start, _children_cpu_s() - cpu_start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
     return seconds, cpu
@@ -80,23 +80,21 @@ def paired_interval(differences: list[float], level: float = 0.9, resamples: int
     return medians[int(tail * (resamples - 1))], medians[int((1.0 - tail) * (resamples - 1))]
 
 
-def summary(times: dict[str, list[float]], cpu: dict[str, list[float]] | None = None) -> dict[str, float]:
+def summary(times: dict[str, list[float]], cpu: dict[str, list[float]]) -> dict[str, float]:
     """Medians (s), the overhead of the medians (s, %), the median of the per-round differences
     (s, %; each round's two runs share the machine's load at that moment) with its 90 % bootstrap
-    interval (%), and, given ``cpu``, the median CPU seconds of each kind."""
+    interval (%), and the median CPU seconds of each kind."""
     tracked, untracked = statistics.median(times["tracked"]), statistics.median(times["untracked"])
     differences = [t - u for t, u in zip(times["tracked"], times["untracked"])]
     paired = statistics.median(differences)
     low, high = paired_interval(differences)
-    out = {"tracked_median_s": tracked, "untracked_median_s": untracked,
-           "overhead_s": tracked - untracked, "overhead_pct": 100.0 * (tracked - untracked) / untracked,
-           "paired_overhead_s": paired, "paired_overhead_pct": 100.0 * paired / untracked,
-           "paired_interval_pct": [100.0 * low / untracked, 100.0 * high / untracked],
-           "repeats": len(times["tracked"])}
-    if cpu:
-        out["tracked_cpu_median_s"] = statistics.median(cpu["tracked"])
-        out["untracked_cpu_median_s"] = statistics.median(cpu["untracked"])
-    return out
+    return {"tracked_median_s": tracked, "untracked_median_s": untracked,
+            "overhead_s": tracked - untracked, "overhead_pct": 100.0 * (tracked - untracked) / untracked,
+            "paired_overhead_s": paired, "paired_overhead_pct": 100.0 * paired / untracked,
+            "paired_interval_pct": [100.0 * low / untracked, 100.0 * high / untracked],
+            "tracked_cpu_median_s": statistics.median(cpu["tracked"]),
+            "untracked_cpu_median_s": statistics.median(cpu["untracked"]),
+            "repeats": len(times["tracked"])}
 
 
 def main(argv: list[str] | None = None) -> int:

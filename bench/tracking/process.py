@@ -11,12 +11,13 @@ between kernels) and loses more time to a concurrent write than the write takes 
 19, ~3x at 5). So the child runs at the lowest priority (:data:`NICENESS`), starts before the
 training process imports torch, and does its slow work while the training process imports torch and
 loads data (one core): importing MLflow and a SQL store, matplotlib and the figures' frames, forking
-the processes that draw the figures (at that priority too), MLflow's model-writing modules -- then creates the run the
-moment it is asked to. While training runs it holds its writes, sending at most one burst per
-:data:`LIVE_INTERVAL_S` (epochs slower than that are written as they arrive); a held checkpoint that
-a later one replaces, or that the finished run deletes, is never written. What is held is written
-once the training process ends the run and waits: for a 20-epoch digits run ~0.3 s on a 2-core VM
-(the figures drawn side by side in forked processes while the logged model is written, the rest).
+the processes that draw the figures (at that priority too), MLflow's model-writing modules -- then
+creates the run the moment it is asked to. While training runs it holds its writes, sending at most
+one burst per :data:`LIVE_INTERVAL_S` (epochs slower than that are written as they arrive); a held
+checkpoint that a later one replaces, or that the finished run deletes, is never written. What is
+held is written once the training process ends the run and waits: for a 20-epoch digits run
+0.3-0.4 s on a 2-core VM (the figures drawn side by side in forked processes while the logged model
+is written, the rest).
 
 The child (:mod:`bench.tracking.child`, message formats in :mod:`bench.tracking.messages`) writes through :class:`bench.tracking.run_tracker.RunTracker` (so through its write seam,
 ``RunTracker._write``, and the spool behind it), exactly as an in-process tracker would. The URI

@@ -86,8 +86,6 @@ def run() -> int:
     import gc
 
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
     gc.freeze()
     return code
 
