@@ -28,3 +28,17 @@ def _spool_in_tmp(tmp_path_factory):
     """MLflow writes spooled during tests (outages) stay out of the user's ~/.cache."""
     os.environ["CVAE_BENCH_SPOOL"] = str(tmp_path_factory.mktemp("mlflow-spool"))
     os.environ["CVAE_BENCH_CHECKPOINTS"] = str(tmp_path_factory.mktemp("checkpoints"))  # nor checkpoints
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    """Writes a small untrained CVAE (digits' shape and classes) as a saved-model folder; returns its path."""
+    from models import CVAE, CVAEConfig
+    from models.saved_model import save
+
+    def write(name: str = "saved"):
+        torch.manual_seed(0)
+        model = CVAE(CVAEConfig(input_shape=(1, 8, 8), num_classes=10, hidden=(16,), latent_dim=2))
+        return save(model, tmp_path / name, [str(i) for i in range(10)])
+
+    return write

@@ -12,7 +12,7 @@ Nothing here imports MLflow until a store is opened.
 
 from bench.tracking.base import RUN_STATUSES, NullTracker, Tracker
 from bench.tracking.environment import config_params, device_name, environment_tags, git_commit, run_tags
-from bench.tracking.finished_fit import log_fit, log_fit_figures, log_fit_model
+from bench.tracking.finished_fit import log_fit, log_fit_figures, log_fit_model, log_trained
 from bench.tracking.logged_model import load_logged_model, resolve_model
 from bench.tracking.mlflow_env import configure_mlflow_environment
 from bench.tracking.process import TrackingError, TrackingProcess, TrackingStoreError
@@ -42,6 +42,6 @@ __all__ = ["DEFAULT_TRACKING_URI", "LOCAL_PREFIX", "MAX_METRICS_PER_BATCH", "MAX
            "MAX_TAGS_PER_BATCH", "MAX_TAG_LENGTH", "RUN_STATUSES", "NullTracker", "ResilientClient", "RunTracker",
            "Tracker", "TrackingError", "TrackingProcess", "TrackingStoreError", "config_params",
            "configure_mlflow_environment", "default_spool_dir", "device_name", "environment_tags",
-           "experiment_id", "git_commit", "is_transient", "load_logged_model", "log_fit", "log_fit_figures", "log_fit_model", "make_client",
+           "experiment_id", "git_commit", "is_transient", "load_logged_model", "log_fit", "log_fit_figures", "log_fit_model", "log_trained", "make_client",
            "open_experiment", "redact",
            "redact_url", "resolve_model", "resolve_tracking_uri", "run_tags", "sync_spool", "ui_hint"]

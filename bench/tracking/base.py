@@ -47,11 +47,16 @@ class Tracker(Protocol):
     def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
         """The data the run read (:func:`bench.tracking.dataset_inputs.dataset_inputs`), as MLflow inputs."""
 
-    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float], params: Mapping[str, str],
-                  tags: Mapping[str, str], requirements: Sequence[str],
+    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float] | None,
+                  params: Mapping[str, str], tags: Mapping[str, str], requirements: Sequence[str],
                   dataset: Mapping[str, str] | None = None) -> None:
         """A saved CVAE folder (:mod:`models.saved_model`) as a logged model of the run, ``metrics`` linked to
-        it (and to ``dataset``). The tracker takes the folder over and removes it once it is written."""
+        it (and to ``dataset``). The tracker takes the folder over and removes it once it is written.
+        ``metrics`` None: the model is written now and stays PENDING until :meth:`log_model_metrics`
+        (a fit logs its model while the test metrics are computed); ending the run first marks it FAILED."""
+
+    def log_model_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Link ``metrics`` to the model ``log_model(metrics=None)`` left pending, which becomes READY."""
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """End the run (one of :data:`RUN_STATUSES`); ``reason`` goes to the ``end_reason`` tag."""
@@ -93,10 +98,13 @@ class NullTracker:
     def delete_artifacts(self, artifact_dir: str) -> None:
         pass
 
-    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float], params: Mapping[str, str],
-                  tags: Mapping[str, str], requirements: Sequence[str],
+    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float] | None,
+                  params: Mapping[str, str], tags: Mapping[str, str], requirements: Sequence[str],
                   dataset: Mapping[str, str] | None = None) -> None:
         shutil.rmtree(saved_folder, ignore_errors=True)
+
+    def log_model_metrics(self, metrics: Mapping[str, float]) -> None:
+        pass
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         self.ended = True

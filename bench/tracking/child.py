@@ -102,10 +102,13 @@ def _drop_superseded_files(messages: list[tuple]) -> list[tuple]:
 class _Child:
     """Reads messages from the training process and writes them through one RunTracker.
 
-    While training runs, writes are held and sent in bursts at most every :data:`LIVE_INTERVAL_S`
-    seconds: a CPU-bound training process loses more time to a concurrent SQLite write than the
-    write takes. Epochs slower than that are written as they arrive; everything still held is
-    written when the training process ends the run.
+    Between "hold" and "release" (while training runs) writes are held and sent in bursts at most
+    every :data:`LIVE_INTERVAL_S` seconds: a CPU-bound training process loses more time to a
+    concurrent SQLite write than the write takes. Epochs slower than that are written as they arrive.
+    Otherwise (before training: the training process sets up on one core; after it: the test metrics
+    are computed with a core left to this process) each message is written as it comes, but for
+    checkpoint files and deletes after "release": those wait for the end of the run, where the
+    run's delete makes its checkpoints moot (:func:`_drop_superseded_files`).
     """
 
     def __init__(self, inbox: _Inbox, outbox: BinaryIO, pool: Any = None) -> None:
@@ -115,6 +118,9 @@ class _Child:
         self.pool = pool  # a bench.figures.draw_pool.DrawPool, or None: figures are drawn here
         self._drawing: str | None = None  # the folder the pool draws the submitted figures into
         self._file_dirs: set[str] = set()  # artifact folders this process has written files to
+        self.holding = False  # between "hold" and "release"
+        self.released = False  # after "release"
+        self._deferred: list[tuple] = []  # "file" and "delete" messages after "release", for the end
 
     def reply(self, *message: Any) -> None:
         try:
@@ -228,21 +234,36 @@ class _Child:
             wait = None if not held else max(0.0, held_since + LIVE_INTERVAL_S - time.monotonic())
             message = self.inbox.get(wait)
             if message is None:  # the training process is gone without ending the run
-                self._write(held)
+                self._write(self._deferred + held)
                 self.tracker.end("KILLED", "the training process exited before ending the run")
                 self._settle()
                 return 1
-            if message is not _Inbox.TIMEOUT and message[0] == "figures":
+            kind = None if message is _Inbox.TIMEOUT else message[0]
+            if kind == "figures":
                 self._submit_figures(message[1])  # drawn now, while the training process evaluates
                 continue
-            if message is not _Inbox.TIMEOUT:
+            if kind == "hold":  # what came before it is written first: training has not started yet
+                self._write(held)
+                self.holding = True
+                continue
+            if kind == "release":
+                self.holding, self.released = False, True
+            elif kind in ("file", "delete") and self.released:
+                self._deferred.append(message)
+                continue
+            elif kind is not None:
                 if not held:
                     held_since = time.monotonic()
                 held.append(message)
-                if message[0] == "end":
-                    return self._write(held)
-                if time.monotonic() - last_burst < LIVE_INTERVAL_S:
+                if kind == "end":
+                    return self._write(self._deferred + held)
+                if self.holding and time.monotonic() - last_burst < LIVE_INTERVAL_S:
                     continue
+                if not self.holding and self.inbox.ready():
+                    continue  # more is waiting: written together
+            if self.released:  # the checkpoints held so far wait for the end too
+                self._deferred += [m for m in held if m[0] in ("file", "delete")]
+                held = [m for m in held if m[0] not in ("file", "delete")]
             self._write(held)
             last_burst = time.monotonic()
 
@@ -281,6 +302,8 @@ class _Child:
                 tracker.log_datasets(message[1])
             elif kind == "model":
                 tracker.log_model(message[1], **message[2])
+            elif kind == "model_metrics":
+                tracker.log_model_metrics(message[1])
             elif kind == "end":
                 self._log_drawn_figures()
                 tracker.end(message[1], message[2])
@@ -333,9 +356,9 @@ def main(argv: list[str]) -> int:
     with os.fdopen(reply_fd, "wb") as outbox:
         child = _Child(_Inbox(sys.stdin.fileno()), outbox, pool)
         code = child.serve()
-        outbox.flush()
-        if child.pool is not None:
-            child.pool.close()
+    # The reply pipe is closed first: the training process stops waiting at its end-of-file.
+    if child.pool is not None:
+        child.pool.close()
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip the interpreter's teardown of mlflow's modules (~0.1 s): every write is committed by now.

@@ -1,5 +1,6 @@
 """The one function that logs a finished fit: final metrics, figures and the trained model, through
-any :class:`Tracker` (:func:`log_fit`; :func:`log_fit_figures` logs the figures on their own, earlier)."""
+any :class:`Tracker` (:func:`log_fit`). A fit's figures and model exist before its test metrics:
+:func:`log_trained` logs them then (``fit(on_trained=...)``), and :func:`log_fit` the rest."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ if TYPE_CHECKING:
 
 def log_fit_figures(tracker: Tracker, result: "FitResult") -> None:
     """``result``'s figures: computed here, in the training process (the model and the RNGs are left
-    as they were), drawn by the tracker (which may be another process). Needs no final metrics:
-    ``fit(on_trained=...)`` may call it before they are computed."""
+    as they were), drawn by the tracker (which may be another process). Needs no final metrics."""
     if isinstance(tracker, NullTracker):
         return
     from bench.figures.compute import fit_figure_data
@@ -23,28 +23,46 @@ def log_fit_figures(tracker: Tracker, result: "FitResult") -> None:
     tracker.log_figures(fit_figure_data(result))
 
 
+def log_trained(tracker: Tracker, result: "FitResult", *, log_model: bool = True, params: Mapping[str, Any] = (),
+                tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = ()) -> None:
+    """What a fit has once its last epoch is done, before its test metrics: the figures and, with
+    ``log_model``, the trained model, written now and PENDING until :func:`log_fit` (``trained=True``)
+    links its metrics. ``fit(on_trained=...)`` calls it, so a tracker that writes elsewhere (the
+    tracking process) writes them while the test metrics are computed."""
+    log_fit_figures(tracker, result)
+    if log_model:
+        log_fit_model(tracker, result, params=params, tags=tags, datasets=datasets, pending=True)
+
+
 def log_fit(tracker: Tracker, result: "FitResult", *, log_model: bool = True, params: Mapping[str, Any] = (),
-            tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = (), figures: bool = True) -> None:
+            tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = (), trained: bool = False) -> None:
     """``result``'s final test metrics and ``train_seconds`` (``step`` = last epoch), its figures
-    (:func:`log_fit_figures`; ``figures=False``: they were logged already) and, with ``log_model``,
-    the trained CVAE as a logged model of the run, the final metrics linked to it and to the test
-    split of ``datasets`` (:func:`bench.tracking.dataset_inputs.dataset_inputs`).
-    ``params``/``tags`` are the logged model's (the run's configuration, say)."""
+    (:func:`log_fit_figures`) and, with ``log_model``, the trained CVAE as a logged model of the run,
+    the final metrics linked to it and to the test split of ``datasets``
+    (:func:`bench.tracking.dataset_inputs.dataset_inputs`). ``params``/``tags`` are the logged
+    model's (the run's configuration, say). ``trained``: :func:`log_trained` logged the figures and
+    the pending model already; what is left is the metrics."""
     if isinstance(tracker, NullTracker):
         return
     step = int(result.history[-1]["epoch"]) if result.history else 0
-    final = {**result.final, "train_seconds": result.train_seconds}
-    tracker.log_metrics(final, step=step)
-    if figures:
-        log_fit_figures(tracker, result)
+    if trained and log_model:  # the metrics linked to the model are the run's too: written once
+        tracker.log_metrics({"train_seconds": result.train_seconds}, step=step)
+        tracker.log_model_metrics(result.final)
+        return
+    tracker.log_metrics({**result.final, "train_seconds": result.train_seconds}, step=step)
+    if trained:
+        return
+    log_fit_figures(tracker, result)
     if log_model:
         log_fit_model(tracker, result, params=params, tags=tags, datasets=datasets)
 
 
 def log_fit_model(tracker: Tracker, result: "FitResult", *, params: Mapping[str, Any] = (),
-                  tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = ()) -> None:
+                  tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = (),
+                  pending: bool = False) -> None:
     """The trained CVAE of ``result`` as a logged model of the run, its final metrics linked to it and
-    to the test split of ``datasets`` (what :func:`log_fit` does with ``log_model``)."""
+    to the test split of ``datasets`` (what :func:`log_fit` does with ``log_model``); ``pending``: the
+    metrics come later (:meth:`Tracker.log_model_metrics`)."""
     if isinstance(tracker, NullTracker):
         return
     import torch
@@ -55,7 +73,7 @@ def log_fit_model(tracker: Tracker, result: "FitResult", *, params: Mapping[str,
     step = int(result.history[-1]["epoch"]) if result.history else 0
     folder = save(result.model, tempfile.mkdtemp(prefix="cvae-bench-saved-"), result.data.class_names)
     test = next((d for d in datasets if d.get("context") == "test"), None)
-    tracker.log_model(str(folder), step=step, metrics=result.final,
+    tracker.log_model(str(folder), step=step, metrics=None if pending else result.final,
                       params={str(k): str(v) for k, v in dict(params).items()},
                       tags={str(k): str(v) for k, v in dict(tags).items()},
                       requirements=pip_requirements(torch.__version__),

@@ -66,13 +66,12 @@ def write_model_folder(path: Path, saved_folder: Path, *, model_id: str, artifac
     mlflow_model.save(str(path / "MLmodel"))
 
 
-def log_logged_model(client: Any, run_id: str, saved_folder: str | Path, *, step: int,
-                     metrics: Mapping[str, float], params: Mapping[str, str], tags: Mapping[str, str],
-                     requirements: Sequence[str], dataset: Mapping[str, str] | None = None) -> str:
-    """Log ``saved_folder`` as a READY logged model of run ``run_id`` (an output of the run at ``step``),
-    with ``metrics`` linked to it (and to ``dataset`` -- ``{"name", "digest"}`` -- when given).
-    ``client`` is a plain ``MlflowClient``. Returns the model id (``m-...``)."""
-    from mlflow.entities import LoggedModelOutput, Metric
+def begin_logged_model(client: Any, run_id: str, saved_folder: str | Path, *, step: int, params: Mapping[str, str],
+                       tags: Mapping[str, str], requirements: Sequence[str]) -> str:
+    """Log ``saved_folder`` as a PENDING logged model of run ``run_id`` (an output of the run at ``step``):
+    its files are written, its metrics come with :func:`finish_logged_model`. ``client`` is a plain
+    ``MlflowClient``. Returns the model id (``m-...``)."""
+    from mlflow.entities import LoggedModelOutput
 
     experiment_id = client.get_run(run_id).info.experiment_id
     logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
@@ -83,17 +82,40 @@ def log_logged_model(client: Any, run_id: str, saved_folder: str | Path, *, step
             write_model_folder(folder, Path(saved_folder), model_id=logged.model_id,
                                artifact_location=logged.artifact_location, run_id=run_id, requirements=requirements)
             client.log_model_artifacts(logged.model_id, str(folder))
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
     except BaseException:
         client.finalize_logged_model(logged.model_id, "FAILED")
         raise
-    client.finalize_logged_model(logged.model_id, "READY")
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    return logged.model_id
+
+
+def finish_logged_model(client: Any, run_id: str, model_id: str, *, step: int, metrics: Mapping[str, float] | None,
+                        dataset: Mapping[str, str] | None = None) -> None:
+    """Link ``metrics`` (at ``step``; and to ``dataset`` -- ``{"name", "digest"}`` -- when given) to the
+    pending model ``model_id`` of run ``run_id`` and make it READY; ``metrics`` None: mark it FAILED
+    (its metrics never came: the run ended before they were computed)."""
+    from mlflow.entities import Metric
+
+    if metrics is None:
+        client.finalize_logged_model(model_id, "FAILED")
+        return
     now = int(time.time() * 1000)
     named = dict(dataset_name=dataset["name"], dataset_digest=dataset["digest"]) if dataset else {}
-    rows = [Metric(k, float(v), now, step, model_id=logged.model_id, **named) for k, v in metrics.items()]
+    rows = [Metric(k, float(v), now, step, model_id=model_id, **named) for k, v in metrics.items()]
     if rows:
         client.log_batch(run_id, metrics=rows)
-    return logged.model_id
+    client.finalize_logged_model(model_id, "READY")
+
+
+def log_logged_model(client: Any, run_id: str, saved_folder: str | Path, *, step: int,
+                     metrics: Mapping[str, float], params: Mapping[str, str], tags: Mapping[str, str],
+                     requirements: Sequence[str], dataset: Mapping[str, str] | None = None) -> str:
+    """:func:`begin_logged_model` and :func:`finish_logged_model` in one: a READY logged model of run
+    ``run_id`` with ``metrics`` linked to it. Returns the model id (``m-...``)."""
+    model_id = begin_logged_model(client, run_id, saved_folder, step=step, params=params, tags=tags,
+                                  requirements=requirements)
+    finish_logged_model(client, run_id, model_id, step=step, metrics=metrics, dataset=dataset)
+    return model_id
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,12 +12,17 @@ between kernels) and loses more time to a concurrent write than the write takes 
 training process imports torch, and does its slow work while the training process imports torch and
 loads data (one core): importing MLflow and a SQL store, matplotlib and the figures' frames, forking
 the processes that draw the figures (at that priority too), MLflow's model-writing modules -- then
-creates the run the moment it is asked to. While training runs it holds its writes, sending at most
-one burst per :data:`LIVE_INTERVAL_S` (epochs slower than that are written as they arrive); a held
-checkpoint that a later one replaces, or that the finished run deletes, is never written. What is
-held is written once the training process ends the run and waits: for a 20-epoch digits run
-0.3-0.4 s on a 2-core VM (the figures drawn side by side in forked processes while the logged model
-is written, the rest).
+creates the run the moment it is asked to, and writes what comes before training starts (the
+datasets) while the training process sets up. While training runs (:meth:`TrackingProcess.hold`)
+it holds its writes, sending at most one burst per :data:`LIVE_INTERVAL_S` (epochs slower than that
+are written as they arrive); a held checkpoint that a later one replaces, or that the finished run
+deletes, is never written. Once the last epoch is done (:meth:`TrackingProcess.release`) the
+training process hands over the figures and the trained model and computes its test metrics with
+one torch thread fewer (``bench.cli.train.spare_a_core``): meanwhile the child writes the epochs,
+writes the model (PENDING) and its drawing processes draw the figures. What is left when the
+training process ends the run and waits -- the final metrics linked to the model, which becomes
+READY, and the end of the run -- takes ~30 ms for a 20-epoch digits run on a 2-core VM (it was
+0.3-0.4 s while all of it waited for the end).
 
 The child (:mod:`bench.tracking.child`, message formats in :mod:`bench.tracking.messages`) writes through :class:`bench.tracking.run_tracker.RunTracker` (so through its write seam,
 ``RunTracker._write``, and the spool behind it), exactly as an in-process tracker would. The URI
@@ -137,15 +142,28 @@ class TrackingProcess:
     def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
         self._send(("datasets", [{str(k): str(v) for k, v in d.items()} for d in inputs]))
 
-    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float], params: Mapping[str, str],
-                  tags: Mapping[str, str], requirements: Sequence[str],
+    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float] | None,
+                  params: Mapping[str, str], tags: Mapping[str, str], requirements: Sequence[str],
                   dataset: Mapping[str, str] | None = None) -> None:
-        """The child logs the folder, then removes it (it outlives this call: the child writes later)."""
+        """The child logs the folder, then removes it (it outlives this call: the child writes later).
+        ``metrics`` None: pending until :meth:`log_model_metrics`."""
         self._send(("model", str(saved_folder), {
-            "step": int(step), "metrics": {str(k): float(v) for k, v in metrics.items()},
+            "step": int(step), "metrics": None if metrics is None else {str(k): float(v) for k, v in metrics.items()},
             "params": {str(k): str(v) for k, v in params.items()}, "tags": {str(k): str(v) for k, v in tags.items()},
             "requirements": [str(r) for r in requirements],
             "dataset": {str(k): str(v) for k, v in dataset.items()} if dataset else None}))
+
+    def log_model_metrics(self, metrics: Mapping[str, float]) -> None:
+        self._send(("model_metrics", {str(k): float(v) for k, v in metrics.items()}))
+
+    def hold(self) -> None:
+        """Training starts: from now the child holds its writes (one burst per ``LIVE_INTERVAL_S`` at most)."""
+        self._send(("hold",))
+
+    def release(self) -> None:
+        """Training is over: the child writes what it holds now, and what comes as it comes (checkpoint
+        files and deletes wait for the end of the run, where a delete makes the files moot)."""
+        self._send(("release",))
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Queue the end of the run (FINISHED, FAILED or KILLED); nothing can be logged after it."""

@@ -49,6 +49,7 @@ class RunTracker:
         self.client = client if isinstance(client, ResilientClient) else ResilientClient(client=client)
         self._run_id = run_id
         self.ended = False
+        self._pending_model: tuple[str, int, dict[str, str] | None] | None = None  # (id, step, dataset)
 
     @property
     def run_id(self) -> str:
@@ -121,19 +122,41 @@ class RunTracker:
     def log_datasets(self, inputs: Sequence[Mapping[str, str]]) -> None:
         self._write("log_inputs", self._run_id, [dict(d) for d in inputs])
 
-    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float], params: Mapping[str, str],
-                  tags: Mapping[str, str], requirements: Sequence[str],
+    def log_model(self, saved_folder: str, *, step: int, metrics: Mapping[str, float] | None,
+                  params: Mapping[str, str], tags: Mapping[str, str], requirements: Sequence[str],
                   dataset: Mapping[str, str] | None = None) -> None:
-        """The saved folder as a logged model of this run (:mod:`bench.tracking.logged_model`); removed after."""
+        """The saved folder as a logged model of this run (:mod:`bench.tracking.logged_model`); removed after.
+        ``metrics`` None: the model stays PENDING until :meth:`log_model_metrics`."""
         import shutil
 
+        params = {k: redact(str(v)) for k, v in params.items()}
+        tags = {k: _tag_value(v) for k, v in tags.items()}
+        dataset = dict(dataset) if dataset else None
         try:
-            self._write("log_model", self._run_id, saved_folder, step=step, metrics=dict(metrics),
-                        params={k: redact(str(v)) for k, v in params.items()},
-                        tags={k: _tag_value(v) for k, v in tags.items()}, requirements=list(requirements),
-                        dataset=dict(dataset) if dataset else None)
+            if metrics is not None:
+                self._write("log_model", self._run_id, saved_folder, step=step, metrics=dict(metrics), params=params,
+                            tags=tags, requirements=list(requirements), dataset=dataset)
+                return
+            self._finish_model(None)  # a model still pending is superseded: FAILED
+            model_id = self._write("begin_model", self._run_id, saved_folder, step=step, params=params, tags=tags,
+                                   requirements=list(requirements))
+            self._pending_model = (model_id, int(step), dataset)
         finally:
             shutil.rmtree(saved_folder, ignore_errors=True)
+
+    def log_model_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Link ``metrics`` to the model :meth:`log_model` left pending and make it READY."""
+        if self._pending_model is None:
+            raise RuntimeError("log_model_metrics: no logged model is pending (log_model(metrics=None) first)")
+        self._finish_model(metrics)
+
+    def _finish_model(self, metrics: Mapping[str, float] | None) -> None:
+        if self._pending_model is not None:
+            model_id, step, dataset = self._pending_model
+            self._pending_model = None
+            self._write("finish_model", self._run_id, model_id, step=step,
+                        metrics=None if metrics is None else {str(k): float(v) for k, v in metrics.items()},
+                        dataset=dataset)
 
     def _log_file(self, artifact_file: str, write: Any) -> None:
         import tempfile
@@ -150,6 +173,7 @@ class RunTracker:
             raise ValueError(f"status={status!r}: must be one of {', '.join(RUN_STATUSES)}")
         if self.ended:
             return
+        self._finish_model(None)  # its metrics never came: FAILED
         if reason:
             self.set_tags({"end_reason": redact(reason)})
         self._write("set_terminated", self._run_id, status=status)

@@ -6,7 +6,7 @@ log_batch, log_artifact, log_inputs, a logged model, delete_artifacts, update_ru
 write go to a local *spool* -- one JSON line each, in order -- and training carries on without
 blocking. After a back-off (1 s, 2 s, 4 s ... up to 60 s) the next write first replays the spool; on
 success the circuit closes. A run created while the server was down gets a local id
-(``local-<hex>``) that the replay maps to the real run id. Whatever is still spooled when the
+(``local-<hex>``) that the replay maps to the real run id; so does a logged model begun meanwhile. Whatever is still spooled when the
 process ends is sent by ``cvae-bench sync`` (which ``study``/``worker`` also run when they start
 and finish). Errors that are not transient (a bad parameter) raise as usual.
 
@@ -37,6 +37,7 @@ from bench.tracking.mlflow_env import configure_mlflow_environment
 from bench.tracking.redaction import redact_url
 
 LOCAL_PREFIX = "local-"
+LOCAL_MODEL_PREFIX = LOCAL_PREFIX + "m-"  # a logged model begun while the server was down
 #: Requests to the tracking server carry at most this many of each (MLflow's REST limits).
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
@@ -131,7 +132,7 @@ class ResilientClient:
         return self._pending
 
     def run_id(self, run_id: str) -> str:
-        """The real id of a run, or its local id while the server has not seen it yet."""
+        """The real id of a run (or logged model), or its local id while the server has not seen it yet."""
         return self.ids.get(run_id, run_id)
 
     # -- writes ----------------------------------------------------------------------------------
@@ -166,6 +167,24 @@ class ResilientClient:
                       "metrics": {k: float(v) for k, v in metrics.items()},
                       "params": {k: str(v) for k, v in params.items()}, "tags": {k: str(v) for k, v in tags.items()},
                       "requirements": list(requirements), "dataset": dataset})
+
+    def begin_model(self, run_id: str, saved_folder: str | Path, *, step: int, params: dict[str, str],
+                    tags: dict[str, str], requirements: Sequence[str]) -> str:
+        """A saved CVAE folder as a PENDING logged model of the run, its metrics to come with
+        :meth:`finish_model` (:func:`bench.tracking.logged_model.begin_logged_model`). Returns the model's
+        id (a ``local-`` id if the server could not be reached: pass it to :meth:`finish_model` as it is)."""
+        local = f"{LOCAL_MODEL_PREFIX}{uuid.uuid4().hex}"
+        self._submit({"op": "begin_model", "local_id": local, "run_id": run_id, "local_path": str(saved_folder),
+                      "step": int(step), "params": {k: str(v) for k, v in params.items()},
+                      "tags": {k: str(v) for k, v in tags.items()}, "requirements": list(requirements)})
+        return self.run_id(local)
+
+    def finish_model(self, run_id: str, model_id: str, *, step: int, metrics: dict[str, float] | None,
+                     dataset: dict[str, str] | None = None) -> None:
+        """Link ``metrics`` to a model of :meth:`begin_model` and make it READY (``metrics`` None: FAILED)."""
+        self._submit({"op": "finish_model", "run_id": run_id, "model_id": model_id, "step": int(step),
+                      "metrics": None if metrics is None else {k: float(v) for k, v in metrics.items()},
+                      "dataset": dataset})
 
     def delete_artifacts(self, run_id: str, artifact_path: str) -> None:
         """Delete the run's artifacts under ``artifact_path``; a store that refuses gets a warning, not an error."""
@@ -234,6 +253,21 @@ class ResilientClient:
             log_logged_model(self.client, run_id, record["local_path"], step=record["step"], metrics=record["metrics"],
                              params=record["params"], tags=record["tags"], requirements=record["requirements"],
                              dataset=record["dataset"])
+        elif op == "begin_model":
+            from bench.tracking.logged_model import begin_logged_model
+
+            if record["local_id"] not in ids:
+                ids[record["local_id"]] = begin_logged_model(
+                    self.client, run_id, record["local_path"], step=record["step"], params=record["params"],
+                    tags=record["tags"], requirements=record["requirements"])
+        elif op == "finish_model":
+            from bench.tracking.logged_model import finish_logged_model
+
+            model_id = ids.get(record["model_id"], record["model_id"])
+            if model_id.startswith(LOCAL_PREFIX):
+                raise RuntimeError(f"spooled record for unknown local logged model {model_id}")
+            finish_logged_model(self.client, run_id, model_id, step=record["step"], metrics=record["metrics"],
+                                dataset=record["dataset"])
         elif op == "log_inputs":
             self._log_inputs(run_id, record["datasets"])
         elif op == "delete_artifacts":
@@ -282,7 +316,7 @@ class ResilientClient:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         if self._owner_fd is None:
             self._owner_fd = _try_lock(self._file.with_suffix(".lock"))
-        if record["op"] in ("log_artifact", "log_model"):  # the caller may delete its files: keep a copy
+        if record["op"] in ("log_artifact", "log_model", "begin_model"):  # the caller may delete its files: keep a copy
             self._files_dir.mkdir(exist_ok=True)
             src = Path(record["local_path"])
             dst = self._files_dir / uuid.uuid4().hex[:8] / src.name  # the artifact keeps its name
@@ -358,7 +392,10 @@ def replay_file(client: ResilientClient, path: Path, *, end_open_runs: bool = Fa
     ids_file = path.with_suffix(".ids.json")
     ids = {**(json.loads(ids_file.read_text()) if ids_file.exists() else {}), **client.ids}
     created = {r["local_id"] for r in records if r["op"] == "create_run"} | set(ids)
+    created = {local for local in created if not local.startswith(LOCAL_MODEL_PREFIX)}
     terminated = {r["run_id"] for r in records if r["op"] == "set_terminated"}
+    begun = {r["local_id"] for r in records if r["op"] == "begin_model"}
+    begun -= {r["model_id"] for r in records if r["op"] == "finish_model"}
     sent = 0
     try:
         for record in records:
@@ -373,6 +410,8 @@ def replay_file(client: ResilientClient, path: Path, *, end_open_runs: bool = Fa
     if end_open_runs:
         for local in sorted(created - terminated):
             _end_if_running(client, ids.get(local, local))
+        for local in sorted(begun):
+            _fail_if_pending(client, ids.get(local, local))
     path.unlink()
     ids_file.unlink(missing_ok=True)
     shutil.rmtree(path.with_suffix(".files"), ignore_errors=True)
@@ -384,6 +423,13 @@ def _end_if_running(client: ResilientClient, run_id: str) -> None:
         return
     client.client.set_tag(run_id, "end_reason", DEAD_PROCESS_REASON)
     client.client.set_terminated(run_id, status="FAILED")
+
+
+def _fail_if_pending(client: ResilientClient, model_id: str) -> None:
+    """A logged model begun by a dead process and never finished: FAILED (its metrics never came)."""
+    if model_id.startswith(LOCAL_PREFIX) or "PENDING" not in str(client.client.get_logged_model(model_id).status):
+        return
+    client.client.finalize_logged_model(model_id, "FAILED")
 
 
 @dataclass

@@ -133,6 +133,30 @@ def test_run_tracker_context_ends_failed_with_reason(client, experiment_id):
     assert got.data.tags["end_reason"] == "RuntimeError: exploded at http://u:***@host"
 
 
+def test_a_pending_model_is_ready_once_its_metrics_come_and_failed_if_the_run_ends_first(client, experiment_id,
+                                                                                         saved_model):
+    def model_of(run):
+        (model,) = client.search_logged_models(experiment_ids=[experiment_id],
+                                               filter_string=f"source_run_id = '{run.run_id}'")
+        return str(model.status).rpartition(".")[2], {m.key: (m.value, m.dataset_name) for m in model.metrics or ()}
+
+    finished = RunTracker.start(client, experiment_id, "finished")
+    finished.log_model(str(saved_model("a")), step=2, metrics=None, params={"lr": "0.1"}, tags={},
+                       requirements=["torch"], dataset={"name": "digits", "digest": "ab12"})
+    assert model_of(finished) == ("PENDING", {})
+    finished.log_model_metrics({"test_kl": 1.25})
+    finished.end("FINISHED")
+    assert model_of(finished) == ("READY", {"test_kl": (1.25, "digits")})
+    assert client.get_metric_history(finished.run_id, "test_kl")[0].step == 2
+
+    failed = RunTracker.start(client, experiment_id, "failed")
+    failed.log_model(str(saved_model("b")), step=1, metrics=None, params={}, tags={}, requirements=["torch"])
+    with pytest.raises(RuntimeError, match="no logged model is pending"):
+        RunTracker.start(client, experiment_id, "none").log_model_metrics({"test_kl": 1.0})
+    failed.end("FAILED", "the test metrics were NaN")
+    assert model_of(failed) == ("FAILED", {})
+
+
 def test_child_run_and_reopen(client, experiment_id):
     parent = RunTracker.start(client, experiment_id, "parent")
     parent.end("FINISHED")

@@ -113,6 +113,21 @@ class FakeTracker:
     def end(self, status, reason=None):
         self.calls.append(("end", status))
 
+    def log_datasets(self, inputs):
+        self.calls.append(("datasets", len(inputs)))
+
+    def log_file(self, path, artifact_dir):
+        self.calls.append(("file", artifact_dir))
+
+    def delete_artifacts(self, artifact_dir):
+        self.calls.append(("delete", artifact_dir))
+
+    def log_model(self, folder, **kwargs):
+        self.calls.append(("model", kwargs["metrics"]))
+
+    def log_model_metrics(self, metrics):
+        self.calls.append(("model_metrics", sorted(metrics)))
+
 
 class ScriptedInbox:
     """Hands out ``messages``; notes how many writes the tracker had done when each was taken."""
@@ -124,8 +139,11 @@ class ScriptedInbox:
         self.writes_before.append(len(self.tracker.calls))
         return self.messages.pop(0) if self.messages else None
 
+    def ready(self):
+        return True  # every scripted message is there at once
 
-EPOCHS = [("metrics", {"val_kl": 1.0}, 1), ("metrics", {"val_kl": 2.0}, 2), ("metrics", {"val_kl": 3.0}, 3),
+
+EPOCHS = [("hold",), ("metrics", {"val_kl": 1.0}, 1), ("metrics", {"val_kl": 2.0}, 2), ("metrics", {"val_kl": 3.0}, 3),
           ("metrics", {"test_iw_nll": 9.0}, 3), ("end", "FINISHED", None)]
 
 
@@ -138,6 +156,7 @@ def test_writes_are_held_while_training_runs_unless_the_interval_passed(monkeypa
     inbox = child.inbox
     assert child._serve_run() == 0
     assert inbox.writes_before[-1] == written_before_end  # writes done when "end" was taken
+    assert inbox.writes_before[1] == 0  # "hold" wrote nothing: nothing came before it
     assert tracker.calls[-1] == ("end", "FINISHED")
     if interval == 0.0:  # each epoch went out as it came; the finals of step 3 came later
         assert tracker.calls[:4] == [("metrics", [(1, "val_kl")]), ("metrics", [(2, "val_kl")]),
@@ -145,6 +164,47 @@ def test_writes_are_held_while_training_runs_unless_the_interval_passed(monkeypa
     else:  # held: every epoch and the finals in one request
         assert tracker.calls[:2] == [("metrics", [(1, "val_kl"), (2, "val_kl"), (3, "test_iw_nll"), (3, "val_kl")]),
                                      ("end", "FINISHED")]
+
+
+def checkpoint_file(tmp_path, epoch):
+    folder = tmp_path / f"copy-{epoch}"
+    folder.mkdir()
+    (folder / "state.pt").write_bytes(b"x")
+    return ("file", str(folder / "state.pt"), "checkpoint")
+
+
+def test_outside_training_each_message_is_written_as_it_comes_and_checkpoints_wait_for_the_end(tmp_path):
+    """Before "hold" (the training process sets up on one core) and after "release" (its test metrics
+    are computed with a core left over) nothing waits for a burst; but checkpoint files and deletes
+    after "release" wait for the end, where the run's delete makes them moot: never written."""
+    tracker = FakeTracker()
+    messages = [("datasets", [{}, {}, {}]), ("hold",), ("metrics", {"val_kl": 1.0}, 1),
+                checkpoint_file(tmp_path, 1), ("metrics", {"val_kl": 2.0}, 2),
+                ("model", "folder", {"metrics": None}), ("release",), checkpoint_file(tmp_path, 2),
+                ("metrics", {"train_seconds": 1.0}, 2), ("model_metrics", {"test_kl": 1.0}),
+                ("delete", "checkpoint"), ("end", "FINISHED", None)]
+    inbox = ScriptedInbox(messages, tracker)
+    inbox.ready = lambda: False  # each message comes on its own
+    child = tracking_child._Child(inbox, io.BytesIO())
+    child.tracker = tracker
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracking_child, "LIVE_INTERVAL_S", 1e9)
+        assert child._serve_run() == 0
+    assert inbox.writes_before[1] == 1  # the datasets were written before "hold" was taken
+    assert inbox.writes_before[6] == 1  # held while training ran
+    assert inbox.writes_before[8] == 3  # "release" wrote the epochs and the model, not the checkpoint
+    assert tracker.calls == [("datasets", 3), ("metrics", [(1, "val_kl"), (2, "val_kl")]), ("model", None),
+                             ("metrics", [(2, "train_seconds")]), ("model_metrics", ["test_kl"]), ("end", "FINISHED")]
+    assert not list(tmp_path.glob("copy-*"))  # the moot copies are removed
+
+
+def test_after_release_a_checkpoint_still_reaches_the_run_if_the_training_process_dies(tmp_path):
+    tracker = FakeTracker()
+    messages = [("hold",), checkpoint_file(tmp_path, 1), ("release",), ("metrics", {"val_kl": 1.0}, 1)]
+    child = tracking_child._Child(ScriptedInbox(messages, tracker), io.BytesIO())
+    child.tracker = tracker
+    assert child._serve_run() == 1  # end-of-file: KILLED
+    assert ("file", "checkpoint") in tracker.calls and tracker.calls[-1] == ("end", "KILLED")
 
 
 # -- the process on its own ----------------------------------------------------------------------
@@ -219,6 +279,10 @@ def test_train_logs_everything_it_prints(store, tmp_path, capsys):
     for key, value in finals.items():
         assert run.data.metrics[key] == pytest.approx(value), key
     assert run.data.metrics["train_seconds"] > 0
+    for key in finals:  # once: the run's final metrics are the ones linked to its model
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [3], key
+    (model,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert str(model.status).endswith("READY") and {m.key for m in model.metrics} == set(finals)
     assert run.data.params["n_train"] == "300" and run.data.params["epochs"] == "3"
     assert run.data.tags["command"] == "train" and run.data.tags["variant"] == "cvae"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "figures")} == set(figures.FIGURE_FILES.values())
@@ -227,6 +291,22 @@ def test_train_logs_everything_it_prints(store, tmp_path, capsys):
     untracked = tmp_path / "untracked.json"
     assert main([*QUICK, "--no-track", "--metrics-json", str(untracked)]) == 0
     assert json.loads(untracked.read_text()) == finals
+
+
+@slow
+def test_a_tracked_run_leaves_a_core_to_the_tracking_process_while_its_test_metrics_are_computed(store, monkeypatch):
+    import torch
+
+    from bench.training import loop
+
+    seen, compute = [], loop.final_metrics
+    monkeypatch.setattr(loop, "final_metrics", lambda *a, **k: seen.append(torch.get_num_threads()) or compute(*a, **k))
+    threads = torch.get_num_threads()
+    assert threads >= 2  # conftest: 2
+    assert main([*QUICK, "--tracking-uri", store, "--experiment", "t"]) == 0
+    assert main([*QUICK, "--no-track"]) == 0
+    assert seen == [threads - 1, threads]
+    assert torch.get_num_threads() == threads  # restored
 
 
 @slow

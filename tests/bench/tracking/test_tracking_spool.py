@@ -163,3 +163,48 @@ def test_artifacts_are_deleted_through_the_server_and_a_refusal_is_only_a_warnin
     assert [f.path for f in rc.client.list_artifacts(run_id)] == ["kept"]
     rc.delete_artifacts("0" * 32, "checkpoint")  # no such run: a warning, not the caller's failure
     assert "could not delete artifacts 'checkpoint'" in capsys.readouterr().err
+
+
+def _model_state(client, run_id):
+    (model,) = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id],
+                                           filter_string=f"source_run_id = '{run_id}'")
+    return str(model.status).rpartition(".")[2], {m.key: m.value for m in model.metrics or ()}
+
+
+@pytest.mark.slow
+def test_a_model_begun_and_finished_in_an_outage_is_ready_with_its_metrics_after_the_replay(server, tmp_path, saved_model):
+    """The two halves of a logged model (files while the test metrics are computed, metrics after)
+    spool like any write: a model begun in an outage gets a local id that its finish names."""
+    rc = ResilientClient(server.uri, tmp_path / "spool")
+    run_id = rc.create_run(rc.client.create_experiment("models"), "r")
+    early = rc.begin_model(run_id, saved_model("a"), step=3, params={"lr": "0.001"}, tags={},
+                           requirements=["torch"])
+    assert early.startswith("m-") and _model_state(rc.client, run_id) == ("PENDING", {})
+    rc.finish_model(run_id, early, step=3, metrics={"test_kl": 1.5}, dataset={"name": "digits", "digest": "ab"})
+    assert _model_state(rc.client, run_id) == ("READY", {"test_kl": 1.5})
+    assert rc.client.get_run(run_id).data.metrics["test_kl"] == 1.5  # the linked metrics are the run's
+
+    late_run = rc.create_run(rc.client.get_run(run_id).info.experiment_id, "r2")
+    server.stop()
+    late = rc.begin_model(late_run, saved_model("b"), step=2, params={}, tags={}, requirements=["torch"])
+    assert late.startswith("local-")
+    rc.finish_model(late_run, late, step=2, metrics={"test_kl": 2.5})
+    assert rc.pending == 2
+    server.start()
+    assert rc.flush()
+    assert _model_state(rc.client, late_run) == ("READY", {"test_kl": 2.5})
+    assert rc.run_id(late).startswith("m-")
+
+
+@pytest.mark.slow
+def test_sync_fails_a_model_whose_process_died_before_its_metrics(server, tmp_path, saved_model):
+    spool = tmp_path / "spool"
+    writer = ResilientClient(server.uri, spool)
+    run_id = writer.create_run(writer.client.create_experiment("dead-model"), "r")
+    server.stop()
+    writer.begin_model(run_id, saved_model("a"), step=1, params={}, tags={}, requirements=["torch"])
+    writer.close()  # the process dies during its test metrics
+    server.start()
+    report = sync_spool(server.uri, spool)
+    assert (report.files, report.records) == (1, 1)
+    assert _model_state(writer.client, run_id) == ("FAILED", {})
