@@ -25,10 +25,14 @@ def log_fit_figures(tracker: Tracker, result: "FitResult") -> None:
 
 def log_trained(tracker: Tracker, result: "FitResult", *, log_model: bool = True, params: Mapping[str, Any] = (),
                 tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = ()) -> None:
-    """What a fit has once its last epoch is done, before its test metrics: the figures and, with
-    ``log_model``, the trained model, written now and PENDING until :func:`log_fit` (``trained=True``)
-    links its metrics. ``fit(on_trained=...)`` calls it, so a tracker that writes elsewhere (the
-    tracking process) writes them while the test metrics are computed."""
+    """What a fit has once its last epoch is done, before its test metrics: ``train_seconds``, the
+    figures and, with ``log_model``, the trained model, written now and PENDING until :func:`log_fit`
+    (``trained=True``) links its metrics. ``fit(on_trained=...)`` calls it, so a tracker that writes
+    elsewhere (the tracking process) writes them while the test metrics are computed."""
+    if isinstance(tracker, NullTracker):
+        return
+    step = int(result.history[-1]["epoch"]) if result.history else 0
+    tracker.log_metrics({"train_seconds": result.train_seconds}, step=step)
     log_fit_figures(tracker, result)
     if log_model:
         log_fit_model(tracker, result, params=params, tags=tags, datasets=datasets, pending=True)
@@ -40,18 +44,18 @@ def log_fit(tracker: Tracker, result: "FitResult", *, log_model: bool = True, pa
     (:func:`log_fit_figures`) and, with ``log_model``, the trained CVAE as a logged model of the run,
     the final metrics linked to it and to the test split of ``datasets``
     (:func:`bench.tracking.dataset_inputs.dataset_inputs`). ``params``/``tags`` are the logged
-    model's (the run's configuration, say). ``trained``: :func:`log_trained` logged the figures and
-    the pending model already; what is left is the metrics."""
+    model's (the run's configuration, say). ``trained``: :func:`log_trained` logged ``train_seconds``,
+    the figures and the pending model already; what is left is the test metrics."""
     if isinstance(tracker, NullTracker):
         return
     step = int(result.history[-1]["epoch"]) if result.history else 0
-    if trained and log_model:  # the metrics linked to the model are the run's too: written once
-        tracker.log_metrics({"train_seconds": result.train_seconds}, step=step)
-        tracker.log_model_metrics(result.final)
+    if trained:  # with a model, the metrics linked to it are the run's too: written once
+        if log_model:
+            tracker.log_model_metrics(result.final)
+        else:
+            tracker.log_metrics(result.final, step=step)
         return
     tracker.log_metrics({**result.final, "train_seconds": result.train_seconds}, step=step)
-    if trained:
-        return
     log_fit_figures(tracker, result)
     if log_model:
         log_fit_model(tracker, result, params=params, tags=tags, datasets=datasets)

@@ -24,7 +24,7 @@ from bench.tracking import child as tracking_child
 from bench.tracking import make_client
 from bench.tracking.child import _Inbox, _merge_steps
 from bench.tracking.messages import frame as _frame
-from bench.tracking.process import TrackingProcess
+from bench.tracking.process import PipeWriter, TrackingProcess
 from studies.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
@@ -88,6 +88,31 @@ def test_inbox_reassembles_messages_and_times_out():
         os.close(read)
         if write >= 0:
             os.close(write)
+
+
+def test_pipe_writer_keeps_order_never_blocks_and_drops_frames_once_the_reader_is_gone():
+    read, write = os.pipe()
+    writer = PipeWriter(os.fdopen(write, "wb"))
+    big = b"F" * (1 << 20)  # far more than a pipe holds: the rest goes to the thread
+    small = [bytes([i]) * 100 for i in range(20)]
+    start = time.monotonic()
+    writer.send(b"<" + big + b">")
+    for frame in small:
+        writer.send(frame)  # queued behind the big one, not written past it
+    writer.close()
+    assert time.monotonic() - start < 0.5  # nobody has read yet, yet nothing blocked
+    with os.fdopen(read, "rb") as pipe:
+        got = pipe.read()  # up to end-of-file: close() closed the pipe after the last frame
+    assert got == b"<" + big + b">" + b"".join(small)
+
+    read, write = os.pipe()
+    writer = PipeWriter(os.fdopen(write, "wb"))
+    writer.send(b"x" * 10)  # written at once, by the caller
+    assert os.read(read, 100) == b"x" * 10
+    os.close(read)
+    writer.send(b"y" * 10)  # EPIPE: no error here; later frames are dropped
+    writer.send(b"z" * (1 << 20))
+    writer.close()
 
 
 def test_metrics_of_one_step_are_merged_in_order():
@@ -236,7 +261,7 @@ def test_training_process_gone_ends_the_run_killed(store):
     tracking = TrackingProcess()
     tracking.start_run(store, "t", "r", tags={}, params={"a": 1})
     tracking.log_metrics({"x": 1.0}, step=1)
-    tracking._outbox.put(None)  # stdin closes without an "end": what the child sees if we die
+    tracking._writer.close()  # stdin closes without an "end": what the child sees if we die
     tracking._closed.wait(60)
     assert tracking.proc.wait(60) == 1
     client, run = only_run(store)
