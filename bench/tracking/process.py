@@ -268,9 +268,7 @@ class PipeWriter:
                 return
             if not self._queued:
                 try:
-                    data = data[os.write(self.fd, data):]
-                except BlockingIOError:
-                    pass
+                    data = self._write_some(data)
                 except OSError:
                     self._broken = True
                     return
@@ -283,15 +281,19 @@ class PipeWriter:
         """Close the pipe once everything sent before is written (returns at once)."""
         self._outbox.put(None)
 
+    def _write_some(self, data: bytes) -> bytes:
+        """What the pipe did not take of ``data`` now (raises OSError but for a full pipe)."""
+        try:
+            return data[os.write(self.fd, data):]
+        except BlockingIOError:
+            return data
+
     def _write_queued(self) -> None:
         while (data := self._outbox.get()) is not None:
             try:
                 while data and not self._broken:
                     select.select([], [self.fd], [])
-                    try:
-                        data = data[os.write(self.fd, data):]
-                    except BlockingIOError:
-                        pass
+                    data = self._write_some(data)
             except OSError:
                 self._broken = True
             with self._lock:
