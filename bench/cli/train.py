@@ -118,28 +118,18 @@ class RunCheckpointSink:
             self.checkpoints.remove()
 
 
-def spare_a_core(model) -> list[int]:
+def spare_a_core(model) -> None:
     """On the CPU, one torch thread fewer (if it has more than one): the test metrics of a tracked run
     are computed while the tracking process draws the figures and writes the model. With every core
     busy (torch's OpenMP threads spin between kernels) that niced process would wait for the training
     process to finish, and all its work would add to the run's wall time. The default MLP on digits
-    computes its test metrics as fast on one thread as on two (0.35 s, 2-core VM). Returns the thread
-    count to restore (:func:`restore_threads`), or nothing."""
+    computes its test metrics as fast on one thread as on two (0.35 s, 2-core VM). The caller restores
+    the thread count."""
     import torch
 
     threads = torch.get_num_threads()
-    if threads < 2 or next(model.parameters()).device.type != "cpu":
-        return []
-    torch.set_num_threads(threads - 1)
-    return [threads]
-
-
-def restore_threads(threads: list[int]) -> None:
-    """Undo :func:`spare_a_core`."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads[0])
+    if threads > 1 and next(model.parameters()).device.type == "cpu":
+        torch.set_num_threads(threads - 1)
 
 
 def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
@@ -189,6 +179,8 @@ def run_train(args: argparse.Namespace) -> int:
         from bench.data import dataset_slug
         from bench.evaluation import collapse_note
         from bench.tracking import log_fit, log_trained, resolve_tracking_uri, ui_hint
+        import torch
+
         from bench.training import fit
 
         data = load_data_from_args(args)
@@ -215,24 +207,24 @@ def run_train(args: argparse.Namespace) -> int:
     sink = RunCheckpointSink(tracking) if tracking and args.checkpoint_every else None
     logged = dict(log_model=not args.no_model, datasets=inputs, params=params,
                   tags={"variant": model_cfg.variant, "dataset": data.name, "command": "train"}) if tracking else {}
-    threads: list[int] = []
 
     def hand_over(trained) -> None:
         """The figures and the pending model go to the tracking process before the test metrics are
         computed: it draws and writes them meanwhile, on the core :func:`spare_a_core` leaves it."""
         log_trained(tracking, trained, **logged)
         tracking.release()
-        threads.extend(spare_a_core(trained.model))
+        spare_a_core(trained.model)
 
     with tracking or contextlib.nullcontext():
         if tracking:
             tracking.hold()
+        threads = torch.get_num_threads()
         try:
             result = fit(model_cfg, train_cfg, data, callbacks=[table, *filter(None, [tracking])],
                          progress=not args.no_progress, checkpoint=sink, checkpoint_every=args.checkpoint_every,
                          resume=resume, on_trained=hand_over if tracking else None)
         finally:
-            restore_threads(threads)
+            torch.set_num_threads(threads)  # what spare_a_core took
         if not args.keep_checkpoints:  # a finished run needs none (a killed one keeps its own)
             for done in filter(None, [sink, resumed]):
                 done.remove()

@@ -246,8 +246,10 @@ class _Child:
                 self._write(held)
                 self.holding = True
                 continue
-            if kind == "release":
+            if kind == "release":  # held checkpoints wait for the end too; the rest is written now
                 self.holding, self.released = False, True
+                self._deferred += [m for m in held if m[0] in ("file", "delete")]
+                held = [m for m in held if m[0] not in ("file", "delete")]
             elif kind in ("file", "delete") and self.released:
                 self._deferred.append(message)
                 continue
@@ -261,9 +263,6 @@ class _Child:
                     continue
                 if not self.holding and self.inbox.ready():
                     continue  # more is waiting: written together
-            if self.released:  # the checkpoints held so far wait for the end too
-                self._deferred += [m for m in held if m[0] in ("file", "delete")]
-                held = [m for m in held if m[0] not in ("file", "delete")]
             self._write(held)
             last_burst = time.monotonic()
 

@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from bench.training.loop import FitResult
 
 
+def _last_epoch(result: "FitResult") -> int:
+    """The step of a fit's final metrics, ``train_seconds`` and model output: its last epoch (0: none)."""
+    return int(result.history[-1]["epoch"]) if result.history else 0
+
+
 def log_fit_figures(tracker: Tracker, result: "FitResult") -> None:
     """``result``'s figures: computed here, in the training process (the model and the RNGs are left
     as they were), drawn by the tracker (which may be another process). Needs no final metrics."""
@@ -31,7 +36,7 @@ def log_trained(tracker: Tracker, result: "FitResult", *, log_model: bool = True
     elsewhere (the tracking process) writes them while the test metrics are computed."""
     if isinstance(tracker, NullTracker):
         return
-    step = int(result.history[-1]["epoch"]) if result.history else 0
+    step = _last_epoch(result)
     tracker.log_metrics({"train_seconds": result.train_seconds}, step=step)
     log_fit_figures(tracker, result)
     if log_model:
@@ -48,7 +53,7 @@ def log_fit(tracker: Tracker, result: "FitResult", *, log_model: bool = True, pa
     the figures and the pending model already; what is left is the test metrics."""
     if isinstance(tracker, NullTracker):
         return
-    step = int(result.history[-1]["epoch"]) if result.history else 0
+    step = _last_epoch(result)
     if trained:  # with a model, the metrics linked to it are the run's too: written once
         if log_model:
             tracker.log_model_metrics(result.final)
@@ -74,7 +79,7 @@ def log_fit_model(tracker: Tracker, result: "FitResult", *, params: Mapping[str,
     from bench.tracking.logged_model import pip_requirements
     from models.saved_model import save
 
-    step = int(result.history[-1]["epoch"]) if result.history else 0
+    step = _last_epoch(result)
     folder = save(result.model, tempfile.mkdtemp(prefix="cvae-bench-saved-"), result.data.class_names)
     test = next((d for d in datasets if d.get("context") == "test"), None)
     tracker.log_model(str(folder), step=step, metrics=None if pending else result.final,
