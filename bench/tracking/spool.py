@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 from bench.tracking.mlflow_env import configure_mlflow_environment
 from bench.tracking.redaction import redact_url
+from bench.tracking.store_lock import mlflow_schema_lock
 
 LOCAL_PREFIX = "local-"
 LOCAL_MODEL_PREFIX = LOCAL_PREFIX + "m-"  # a logged model begun while the server was down
@@ -102,7 +103,8 @@ class ResilientClient:
             from mlflow import MlflowClient
 
             configure_mlflow_environment()
-            client = MlflowClient(tracking_uri=tracking_uri)
+            with mlflow_schema_lock(tracking_uri):
+                client = MlflowClient(tracking_uri=tracking_uri)
         self.client = client
         self.tracking_uri = tracking_uri or client._tracking_client.tracking_uri
         self.spool_dir = Path(spool_dir) if spool_dir else default_spool_dir()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from bench.errors import CLIError
 from bench.tracking.mlflow_env import configure_mlflow_environment
 from bench.tracking.redaction import redact_url
+from bench.tracking.store_lock import mlflow_schema_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -55,7 +56,8 @@ def make_client(tracking_uri: str) -> "MlflowClient":
     from mlflow.exceptions import MlflowException
 
     try:
-        return MlflowClient(tracking_uri=tracking_uri)
+        with mlflow_schema_lock(tracking_uri):
+            return MlflowClient(tracking_uri=tracking_uri)
     except MlflowException as exc:  # an unsupported scheme: a one-line error, not a traceback
         detail = redact(" ".join(str(exc).split()))[:300]
         raise CLIError(f"tracking store {redact(tracking_uri)}: {detail}") from None

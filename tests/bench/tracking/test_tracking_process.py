@@ -421,8 +421,8 @@ def test_training_process_imports_neither_mlflow_nor_matplotlib(store, tmp_path)
 def test_killed_train_process_leaves_the_run_killed(store, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "studies.cli", "train", "--epochs", "20000", "--limit", "300",
                              "--no-progress", "--tracking-uri", store, "--experiment", "t"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            stdout=subprocess.PIPE, stderr=open(tmp_path / "train.err", "w"), text=True,
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
         client = None
         deadline = time.monotonic() + 90
@@ -434,7 +434,7 @@ def test_killed_train_process_leaves_the_run_killed(store, tmp_path):
                 continue
             if run.data.metrics:
                 break
-        assert client is not None, "the run never appeared"
+        assert client is not None, f"the run never appeared: {(tmp_path / 'train.err').read_text()[-2000:]}"
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         while time.monotonic() < deadline and only_run(store)[1].info.status == "RUNNING":

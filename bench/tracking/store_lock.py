@@ -1,0 +1,147 @@
+"""A named lock that lives where a store lives, shared by every process that opens the store.
+
+Studies take one per study (``studies.lock``) and one while they create Optuna's tables; the MLflow
+store takes one while MLflow creates its tables in a new SQLite file (:func:`mlflow_schema_lock`):
+processes that open a fresh store together would otherwise race through its schema migrations and
+leave a broken database. The lock needs no service of its own:
+
+- PostgreSQL storage: a session-level advisory lock (``pg_advisory_lock``), released by the server
+  if the worker dies;
+- MySQL storage: ``GET_LOCK`` / ``RELEASE_LOCK``, likewise tied to the session;
+- SQLite and journal files (one machine): ``fcntl.flock`` on ``<file>.lock``, released by the kernel
+  if the worker dies;
+- in-memory storage (one process): a threading lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import threading
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+#: The name of the lock :func:`mlflow_schema_lock` takes on an SQLite file.
+MLFLOW_SCHEMA_LOCK = "mlflow-schema"
+
+_MEMORY_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _key(name: str) -> int:
+    """A stable signed 63-bit key for advisory locks."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+
+
+class StoreLock:
+    """Context manager; ``acquire()``/``release()`` may also be called directly (release is idempotent)."""
+
+    def acquire(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "StoreLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class FileLock(StoreLock):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+class SQLAdvisoryLock(StoreLock):
+    """Advisory lock on a dedicated connection of the study's own database server."""
+
+    def __init__(self, url: str, name: str) -> None:
+        import sqlalchemy
+
+        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        self.dialect = self.engine.dialect.name
+        self.key = _key(name)
+        self._conn = None
+
+    def _statements(self) -> tuple[str, str]:
+        if self.dialect == "postgresql":
+            return f"SELECT pg_advisory_lock({self.key})", f"SELECT pg_advisory_unlock({self.key})"
+        return f"SELECT GET_LOCK('cvae_bench_{self.key}', -1)", f"SELECT RELEASE_LOCK('cvae_bench_{self.key}')"
+
+    def acquire(self) -> None:
+        import sqlalchemy
+
+        lock_sql, _ = self._statements()
+        conn = self.engine.connect()
+        conn.execute(sqlalchemy.text(lock_sql))
+        conn.commit()
+        self._conn = conn
+
+    def release(self) -> None:
+        import sqlalchemy
+
+        if self._conn is not None:
+            _, unlock_sql = self._statements()
+            try:
+                self._conn.execute(sqlalchemy.text(unlock_sql))
+                self._conn.commit()
+            finally:
+                self._conn.close()  # closing the session drops the lock in any case
+                self._conn = None
+
+
+class ThreadLock(StoreLock):
+    def __init__(self, name: str) -> None:
+        self._lock = _MEMORY_LOCKS.setdefault(name, threading.Lock())
+        self._held = threading.local()
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+        self._held.value = True
+
+    def release(self) -> None:
+        if getattr(self._held, "value", False):
+            self._held.value = False
+            self._lock.release()
+
+
+def store_lock(storage_url: str | None, name: str) -> StoreLock:
+    """The lock called ``name`` that fits a store's URL: an SQLAlchemy URL or a journal file path
+    (``None``: this process only); a new one per caller/thread."""
+    if not storage_url:
+        return ThreadLock(name)
+    if storage_url.startswith("sqlite:///"):
+        db = Path(storage_url[len("sqlite:///"):].split("?")[0])
+        return FileLock(db.with_name(f"{db.name}.{_key(name)}.lock"))
+    if storage_url.startswith(("postgresql", "mysql")):
+        return SQLAdvisoryLock(storage_url, name)
+    if "://" not in storage_url:  # a journal file path
+        path = Path(storage_url)
+        return FileLock(path.with_name(f"{path.name}.{_key(name)}.lock"))
+    return ThreadLock(name)
+
+
+def mlflow_schema_lock(tracking_uri: str | None) -> AbstractContextManager:
+    """The lock held while MLflow opens ``tracking_uri``: on an SQLite file, which MLflow creates and
+    migrates when it opens it, two processes opening a new file together (workers, or ``train`` and
+    a reader) would both migrate it and leave it broken; the second waits and finds the tables made.
+    No lock where the file's folder is missing: MLflow says so, and the lock would create the folder."""
+    if tracking_uri and tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:///:memory:"):
+        if Path(tracking_uri[len("sqlite:///"):].split("?")[0]).parent.is_dir():
+            return store_lock(tracking_uri, MLFLOW_SCHEMA_LOCK)
+    return nullcontext()
