@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import CLIError
-from bench.tracking import redact_url
+from bench.tracking import redact_url, sqlite_file
 from studies.spec import OBJECTIVES
 from studies.storage import is_journal
 
@@ -42,8 +42,9 @@ def load_study(storage_url: str, study_name: str):
 
 def local_file(url: str) -> Path | None:
     """The file behind a ``sqlite:///`` URL or a journal path (None for servers)."""
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        return Path(url[len("sqlite:///"):].split("?")[0]).expanduser()
+    db = sqlite_file(url)
+    if db is not None:
+        return db.expanduser()
     return Path(url).expanduser() if is_journal(url) else None
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from bench.errors import CLIError
-from bench.tracking import redact_url
+from bench.tracking import redact_url, sqlite_file
 from studies.lock import study_lock
 
 if TYPE_CHECKING:
@@ -89,8 +89,9 @@ def open_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = DEFAULT_HEARTBE
     from sqlalchemy.exc import SQLAlchemyError
 
     engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        folder = Path(url[len("sqlite:///"):].split("?")[0]).expanduser().parent
+    db = sqlite_file(url)
+    if db is not None:
+        folder = db.expanduser().parent
         if not folder.is_dir():
             raise CLIError(f"--storage {redact_url(url)}: folder {folder} does not exist")
     try:

@@ -4,6 +4,7 @@
 - :class:`RunTracker` (``run_tracker``): one MLflow run written from this process.
 - :class:`TrackingProcess` (``process``): the same run written from a child process (``train``).
 - ``store``: the one way to open a tracking store; ``spool``: writes that survive an outage;
+  ``store_lock``: locks that live in a store (its SQLite file, its database server);
   ``environment``: what a run records about where it ran; ``redaction``: no password is logged;
   :func:`log_fit`: the one function that logs a finished fit.
 
@@ -37,6 +38,7 @@ from bench.tracking.store import (
                                   resolve_tracking_uri,
                                   ui_hint,
 )
+from bench.tracking.store_lock import sqlite_file
 
 __all__ = ["DEFAULT_TRACKING_URI", "LOCAL_PREFIX", "MAX_METRICS_PER_BATCH", "MAX_PARAMS_PER_BATCH",
            "MAX_TAGS_PER_BATCH", "MAX_TAG_LENGTH", "RUN_STATUSES", "NullTracker", "ResilientClient", "RunTracker",
@@ -44,4 +46,4 @@ __all__ = ["DEFAULT_TRACKING_URI", "LOCAL_PREFIX", "MAX_METRICS_PER_BATCH", "MAX
            "configure_mlflow_environment", "default_spool_dir", "device_name", "environment_tags",
            "experiment_id", "git_commit", "is_transient", "load_logged_model", "log_fit", "log_fit_figures", "log_fit_model", "log_trained", "make_client",
            "open_experiment", "redact",
-           "redact_url", "resolve_model", "resolve_tracking_uri", "run_tags", "sync_spool", "ui_hint"]
+           "redact_url", "resolve_model", "resolve_tracking_uri", "run_tags", "sqlite_file", "sync_spool", "ui_hint"]

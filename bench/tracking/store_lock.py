@@ -8,8 +8,8 @@ leave a broken database. The lock needs no service of its own:
 - PostgreSQL storage: a session-level advisory lock (``pg_advisory_lock``), released by the server
   if the worker dies;
 - MySQL storage: ``GET_LOCK`` / ``RELEASE_LOCK``, likewise tied to the session;
-- SQLite and journal files (one machine): ``fcntl.flock`` on ``<file>.lock``, released by the kernel
-  if the worker dies;
+- SQLite and journal files (one machine): ``fcntl.flock`` on ``<file>.<key>.lock`` beside the file,
+  released by the kernel if the worker dies;
 - in-memory storage (one process): a threading lock.
 """
 
@@ -25,6 +25,14 @@ from pathlib import Path
 MLFLOW_SCHEMA_LOCK = "mlflow-schema"
 
 _MEMORY_LOCKS: dict[str, threading.Lock] = {}
+
+
+def sqlite_file(url: str | None) -> Path | None:
+    """The file behind a ``sqlite:///`` URL (query string dropped); None for any other URL or an
+    in-memory database."""
+    if url and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        return Path(url[len("sqlite:///"):].split("?")[0])
+    return None
 
 
 def _key(name: str) -> int:
@@ -68,7 +76,7 @@ class FileLock(StoreLock):
 
 
 class SQLAdvisoryLock(StoreLock):
-    """Advisory lock on a dedicated connection of the study's own database server."""
+    """Advisory lock on a dedicated connection of the store's own database server."""
 
     def __init__(self, url: str, name: str) -> None:
         import sqlalchemy
@@ -123,11 +131,11 @@ class ThreadLock(StoreLock):
 def store_lock(storage_url: str | None, name: str) -> StoreLock:
     """The lock called ``name`` that fits a store's URL: an SQLAlchemy URL or a journal file path
     (``None``: this process only); a new one per caller/thread."""
-    if not storage_url:
-        return ThreadLock(name)
-    if storage_url.startswith("sqlite:///"):
-        db = Path(storage_url[len("sqlite:///"):].split("?")[0])
+    db = sqlite_file(storage_url)
+    if db is not None:
         return FileLock(db.with_name(f"{db.name}.{_key(name)}.lock"))
+    if not storage_url or storage_url.startswith("sqlite:"):  # in-memory
+        return ThreadLock(name)
     if storage_url.startswith(("postgresql", "mysql")):
         return SQLAdvisoryLock(storage_url, name)
     if "://" not in storage_url:  # a journal file path
@@ -141,7 +149,5 @@ def mlflow_schema_lock(tracking_uri: str | None) -> AbstractContextManager:
     migrates when it opens it, two processes opening a new file together (workers, or ``train`` and
     a reader) would both migrate it and leave it broken; the second waits and finds the tables made.
     No lock where the file's folder is missing: MLflow says so, and the lock would create the folder."""
-    if tracking_uri and tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:///:memory:"):
-        if Path(tracking_uri[len("sqlite:///"):].split("?")[0]).parent.is_dir():
-            return store_lock(tracking_uri, MLFLOW_SCHEMA_LOCK)
-    return nullcontext()
+    db = sqlite_file(tracking_uri)
+    return store_lock(tracking_uri, MLFLOW_SCHEMA_LOCK) if db is not None and db.parent.is_dir() else nullcontext()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.tracking.store_lock import MLFLOW_SCHEMA_LOCK, FileLock, ThreadLock, mlflow_schema_lock, store_lock
+from bench.tracking.store_lock import MLFLOW_SCHEMA_LOCK, FileLock, ThreadLock, mlflow_schema_lock, sqlite_file, store_lock
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -61,3 +61,11 @@ def test_processes_that_open_a_new_sqlite_store_together_all_open_it(tmp_path):
         results = [proc.communicate(timeout=120) for proc in procs]
         for proc, (out, err) in zip(procs, results):
             assert proc.returncode == 0 and "opened" in out, err[-2000:]
+
+
+def test_sqlite_file_is_the_file_behind_a_sqlite_url(tmp_path):
+    assert sqlite_file(f"sqlite:///{tmp_path / 'm.db'}?timeout=5") == tmp_path / "m.db"
+    assert sqlite_file("sqlite:///mlflow.db") == Path("mlflow.db")
+    for url in ("sqlite:///:memory:", "postgresql://u@h/db", "http://127.0.0.1:5000", "study.journal", None):
+        assert sqlite_file(url) is None, url
+    assert isinstance(store_lock("sqlite:///:memory:", "s"), ThreadLock)
