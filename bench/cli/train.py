@@ -209,10 +209,11 @@ def run_train(args: argparse.Namespace) -> int:
                   tags={"variant": model_cfg.variant, "dataset": data.name, "command": "train"}) if tracking else {}
 
     def hand_over(trained) -> None:
-        """The figures and the pending model go to the tracking process before the test metrics are
-        computed: it draws and writes them meanwhile, on the core :func:`spare_a_core` leaves it."""
-        log_trained(tracking, trained, **logged)
+        """Training is over (the tracking process wakes and writes what it held), and the figures and
+        the pending model go to the tracking process before the test metrics are computed: it draws
+        and writes them meanwhile, on the core :func:`spare_a_core` leaves it."""
         tracking.release()
+        log_trained(tracking, trained, **logged)
         spare_a_core(trained.model)
 
     with tracking or contextlib.nullcontext():

@@ -1,4 +1,4 @@
-"""The tracking process itself: ``python -m bench.tracking.child REPLY_FD NICENESS``.
+"""The tracking process itself: ``python -m bench.tracking.child REPLY_FD WAKE_FD NICENESS``.
 
 Started by :class:`bench.tracking.process.TrackingProcess`; reads the messages of
 :mod:`bench.tracking.messages` on stdin and writes the run through one
@@ -30,14 +30,22 @@ DRAW_WORKERS = min(3, os.cpu_count() or 1)
 
 
 class _Inbox:
-    """Messages from the training process (stdin), read with an optional timeout."""
+    """Messages from the training process (stdin), read with an optional timeout.
+
+    ``wake_fd``: the read end of the training process's wake pipe. While training runs the child
+    dozes on it (:meth:`get` with ``doze``) rather than waking at each message: a niced process woken
+    on the other core at every epoch costs the training process's OpenMP threads more than the read
+    takes. The training process writes a byte to it at "release" and "end"; its exit closes it. Either
+    ends the dozing for good.
+    """
 
     TIMEOUT = ("timeout",)
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, fd: int, wake_fd: int | None = None) -> None:
+        self.fd, self.wake_fd = fd, wake_fd
         self.buffer = bytearray()
         self.eof = False
+        self.woken = wake_fd is None  # no wake pipe: never doze
 
     def ready(self) -> bool:
         """True if a message (or end-of-file) can be read without waiting."""
@@ -46,8 +54,11 @@ class _Inbox:
         ready, _, _ = select.select([self.fd], [], [], 0)
         return bool(ready)
 
-    def get(self, timeout: float | None = None) -> tuple | None:
-        """The next message; None at end-of-file; :attr:`TIMEOUT` if none came within ``timeout`` s."""
+    def get(self, timeout: float | None = None, *, doze: bool = False) -> tuple | None:
+        """The next message; None at end-of-file; :attr:`TIMEOUT` if none came within ``timeout`` s.
+
+        ``doze`` (with a ``timeout``, until the wake pipe is woken): wait on the wake pipe, not on
+        stdin, so a message that arrives meanwhile is read only at the timeout or at the wake."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if len(self.buffer) >= HEADER.size:
@@ -58,7 +69,15 @@ class _Inbox:
                     return pickle.loads(payload)
             if self.eof:
                 return None
-            if deadline is not None:
+            if doze and deadline is not None and not self.woken:
+                if not select.select([self.fd], [], [], 0)[0]:  # nothing to read: doze till the deadline
+                    left = max(0.0, deadline - time.monotonic())
+                    if select.select([self.wake_fd], [], [], left)[0]:
+                        self.woken = True  # a wake byte or the training process's exit: for good
+                    elif not select.select([self.fd], [], [], 0)[0]:
+                        return self.TIMEOUT
+                    continue
+            elif deadline is not None:
                 ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
                 if not ready:
                     return self.TIMEOUT
@@ -104,7 +123,9 @@ class _Child:
 
     Between "hold" and "release" (while training runs) writes are held and sent in bursts at most
     every :data:`LIVE_INTERVAL_S` seconds: a CPU-bound training process loses more time to a
-    concurrent SQLite write than the write takes. Epochs slower than that are written as they arrive.
+    concurrent SQLite write than the write takes. With a wake pipe (:class:`_Inbox`) the messages
+    are read only then too, so an epoch reaches the run at most :data:`LIVE_INTERVAL_S` after it
+    ends; without one, epochs slower than that are written as they arrive.
     Otherwise (before training: the training process sets up on one core; after it: the test metrics
     are computed with a core left to this process) each message is written as it comes, but for
     checkpoint files and deletes after "release": those wait for the end of the run, where the
@@ -231,8 +252,12 @@ class _Child:
         held: list[tuple] = []
         held_since = last_burst = time.monotonic()
         while True:
-            wait = None if not held else max(0.0, held_since + LIVE_INTERVAL_S - time.monotonic())
-            message = self.inbox.get(wait)
+            dozing = self.holding and not self.inbox.woken
+            if dozing:  # the next burst is due at last_burst + LIVE_INTERVAL_S, held or not
+                wait = max(0.0, last_burst + LIVE_INTERVAL_S - time.monotonic())
+            else:
+                wait = None if not held else max(0.0, held_since + LIVE_INTERVAL_S - time.monotonic())
+            message = self.inbox.get(wait, doze=dozing)
             if message is None:  # the training process is gone without ending the run
                 self._write(self._deferred + held)
                 self.tracker.end("KILLED", "the training process exited before ending the run")
@@ -345,15 +370,15 @@ def _run_step(step) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m bench.tracking.child REPLY_FD NICENESS`` (started by :class:`TrackingProcess`)."""
+    """``python -m bench.tracking.child REPLY_FD WAKE_FD NICENESS`` (started by :class:`TrackingProcess`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reply_fd, niceness = int(argv[0]), int(argv[1])
+    reply_fd, wake_fd, niceness = int(argv[0]), int(argv[1]), int(argv[2])
     if niceness:
         os.nice(niceness)
     pool = _drawing_pool()
     configure_mlflow_environment()
     with os.fdopen(reply_fd, "wb") as outbox:
-        child = _Child(_Inbox(sys.stdin.fileno()), outbox, pool)
+        child = _Child(_Inbox(sys.stdin.fileno(), wake_fd), outbox, pool)
         code = child.serve()
     # The reply pipe is closed first: the training process stops waiting at its end-of-file.
     if child.pool is not None:

@@ -14,9 +14,12 @@ loads data (one core): importing MLflow and a SQL store, matplotlib and the figu
 the processes that draw the figures (at that priority too), MLflow's model-writing modules -- then
 creates the run the moment it is asked to, and writes what comes before training starts (the
 datasets) while the training process sets up. While training runs (:meth:`TrackingProcess.hold`)
-it holds its writes, sending at most one burst per :data:`LIVE_INTERVAL_S` (epochs slower than that
-are written as they arrive); a held checkpoint that a later one replaces, or that the finished run
-deletes, is never written. Once the last epoch is done (:meth:`TrackingProcess.release`) the
+it dozes: it reads its stdin and writes what it read in one burst per :data:`LIVE_INTERVAL_S`, and
+sleeps on a wake pipe in between rather than waking at each epoch's message (a niced process woken on
+the other core at every epoch cost the training threads ~1 ms each time). A held checkpoint that a
+later one replaces, or that the finished run deletes, is never written. Once the last epoch is done
+(:meth:`TrackingProcess.release` wakes it: a byte on the wake pipe, as the end of the run does; the
+training process's exit closes the pipe) the
 training process hands over the figures and the trained model and computes its test metrics with
 one torch thread fewer (``bench.cli.train.spare_a_core``): meanwhile the child writes the epochs,
 writes the model (PENDING) and its drawing processes draw the figures. What is left when the
@@ -73,15 +76,19 @@ class TrackingProcess:
 
     def __init__(self, *, niceness: int = NICENESS) -> None:
         reply_read, reply_write = os.pipe()
+        wake_read, self._wake_fd = os.pipe()  # a byte at release and end; closed when this process exits
+        os.set_blocking(self._wake_fd, False)
         root = str(Path(__file__).resolve().parents[2])  # the child imports this same code
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.tracking.child", str(reply_write), str(niceness)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, pass_fds=(reply_write,), env=env)
+                [sys.executable, "-m", "bench.tracking.child", str(reply_write), str(wake_read), str(niceness)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, pass_fds=(reply_write, wake_read), env=env)
         finally:
             os.close(reply_write)
+            os.close(wake_read)
         self._replies = os.fdopen(reply_read, "rb")
+        _widen(self.proc.stdin.fileno())
         self._writer = PipeWriter(self.proc.stdin)
         self.run_id: str | None = None
         self.error: tuple[str, str] | None = None  # (phase, message) reported by the child
@@ -160,9 +167,11 @@ class TrackingProcess:
         self._send(("hold",))
 
     def release(self) -> None:
-        """Training is over: the child writes what it holds now, and what comes as it comes (checkpoint
-        files and deletes wait for the end of the run, where a delete makes the files moot)."""
+        """Training is over: the child (woken, if it dozes) writes what it holds now, and what comes as
+        it comes (checkpoint files and deletes wait for the end of the run, where a delete makes the
+        files moot)."""
         self._send(("release",))
+        self._wake()
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """Queue the end of the run (FINISHED, FAILED or KILLED); nothing can be logged after it."""
@@ -170,6 +179,7 @@ class TrackingProcess:
             self.ended = True
             self._send(("end", status, redact_url(reason) if reason else None))
             self._writer.close()  # the child's stdin, once everything is written
+            self._wake()
 
     def raise_if_store_unusable(self) -> None:
         """Raise :class:`TrackingStoreError` if the child reported that the store cannot be opened."""
@@ -184,6 +194,7 @@ class TrackingProcess:
         """
         self.end()
         self._closed.wait()
+        self._close_wake()
         self.raise_if_store_unusable()
         if self.error:
             raise TrackingError(f"MLflow run {self.run_id} is incomplete: {self.error[1]}")
@@ -197,9 +208,11 @@ class TrackingProcess:
         """Stop the child before any run exists (e.g. bad options): nothing is written."""
         self.ended = True
         self._writer.close()
+        self._wake()
         if self.proc.poll() is None:
             self.proc.terminate()
         self._closed.wait()
+        self._close_wake()
         self.proc.wait()
 
     def __enter__(self) -> "TrackingProcess":
@@ -221,6 +234,21 @@ class TrackingProcess:
             pass  # the training error is the one to report
 
     # -- machinery -------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        """Wake the child if it dozes (:class:`bench.tracking.child._Inbox`): it reads its stdin again.
+        A frame still queued in the writer's thread is read when it comes."""
+        if self._wake_fd < 0:
+            return
+        try:
+            os.write(self._wake_fd, b"w")
+        except OSError:  # the child is gone, or its pipe is full of bytes: either way it is awake
+            pass
+
+    def _close_wake(self) -> None:
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+
     def _send(self, message: tuple) -> None:
         if not self.ended or message[0] == "end":
             self._writer.send(frame(message))
@@ -239,6 +267,21 @@ class TrackingProcess:
             self._replies.close()
             self._closed.set()
             self.proc.wait()
+
+
+#: The capacity asked for the child's stdin (bytes; Linux's limit for unprivileged processes by
+#: default): the figures' data of a run (~60 kB on digits) then goes in at once, from the caller.
+PIPE_BYTES = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    """Ask for a pipe of :data:`PIPE_BYTES` (best effort: Linux only, capped by ``pipe-max-size``)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass
 
 
 class PipeWriter:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,6 +117,23 @@ def test_pipe_writer_keeps_order_never_blocks_and_drops_frames_once_the_reader_i
     writer.close()
 
 
+def test_the_childs_stdin_is_widened_to_hold_a_runs_figures():
+    fcntl = pytest.importorskip("fcntl")
+    from bench.tracking.process import PIPE_BYTES, _widen
+
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text()) if Path("/proc/sys/fs/pipe-max-size").exists() else 0
+    if limit < PIPE_BYTES:
+        pytest.skip("this system caps pipes below PIPE_BYTES")
+    read, write = os.pipe()
+    try:
+        assert fcntl.fcntl(write, fcntl.F_GETPIPE_SZ) < PIPE_BYTES
+        _widen(write)
+        assert fcntl.fcntl(write, fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+    finally:
+        os.close(read)
+        os.close(write)
+
+
 def test_metrics_of_one_step_are_merged_in_order():
     held = [("metrics", {"a": 1.0}, 1), ("metrics", {"a": 2.0}, 2), ("metrics", {"test": 3.0}, 2),
             ("figures", {}), ("metrics", {"b": 4.0}, 2), ("end", "FINISHED", None)]
@@ -157,10 +176,12 @@ class FakeTracker:
 class ScriptedInbox:
     """Hands out ``messages``; notes how many writes the tracker had done when each was taken."""
 
+    woken = True  # no wake pipe: never dozes
+
     def __init__(self, messages, tracker):
         self.messages, self.tracker, self.writes_before = list(messages), tracker, []
 
-    def get(self, timeout=None):
+    def get(self, timeout=None, doze=False):
         self.writes_before.append(len(self.tracker.calls))
         return self.messages.pop(0) if self.messages else None
 
@@ -230,6 +251,112 @@ def test_after_release_a_checkpoint_still_reaches_the_run_if_the_training_proces
     child.tracker = tracker
     assert child._serve_run() == 1  # end-of-file: KILLED
     assert ("file", "checkpoint") in tracker.calls and tracker.calls[-1] == ("end", "KILLED")
+
+
+def test_a_dozing_inbox_reads_only_at_its_deadline_or_when_woken():
+    """While training runs the child waits on the wake pipe, not on stdin: a message that comes
+    meanwhile is read at the deadline, or at once when the training process wakes it (a byte, or its
+    exit closing the pipe); after a wake it never dozes again."""
+    read, write = os.pipe()
+    wake_read, wake_write = os.pipe()
+    inbox = _Inbox(read, wake_read)
+    late = threading.Timer(0.05, os.write, (write, _frame(("metrics", {"a": 1.0}, 1))))
+    try:
+        start = time.monotonic()
+        late.start()
+        assert inbox.get(1.0, doze=True) == ("metrics", {"a": 1.0}, 1)
+        assert time.monotonic() - start >= 0.95  # it came after 0.05 s, and was read at the deadline
+        assert inbox.get(0.05, doze=True) is _Inbox.TIMEOUT and not inbox.woken
+
+        def wake():
+            os.write(write, _frame(("release",)))
+            os.write(wake_write, b"w")
+
+        waker = threading.Timer(0.05, wake)
+        start = time.monotonic()
+        waker.start()
+        assert inbox.get(60.0, doze=True) == ("release",)
+        assert time.monotonic() - start < 30.0 and inbox.woken  # not the deadline: the wake
+        waker.join()
+    finally:
+        late.join()
+        for fd in (read, write, wake_read, wake_write):
+            os.close(fd)
+
+    read, write = os.pipe()
+    wake_read, wake_write = os.pipe()
+    inbox = _Inbox(read, wake_read)
+    closing = threading.Timer(0.05, os.close, (write,))
+    try:
+        os.close(wake_write)  # the training process is gone: its end of the wake pipe closes first
+        start = time.monotonic()
+        closing.start()
+        assert inbox.get(60.0, doze=True) is None  # then stdin's end-of-file, read when it comes
+        assert inbox.woken and time.monotonic() - start < 30.0
+    finally:
+        closing.join()
+        os.close(read)
+        os.close(wake_read)
+
+
+class Pipes:
+    """The two pipes of a child's inbox (stdin, wake), as the training process holds them; closes the rest."""
+
+    def __init__(self) -> None:
+        self.read, self.write = os.pipe()
+        self.wake_read, self.wake_write = os.pipe()
+
+    def close(self, *names: str) -> None:
+        for name in names or ("read", "write", "wake_read", "wake_write"):
+            if getattr(self, name) >= 0:
+                os.close(getattr(self, name))
+                setattr(self, name, -1)
+
+
+@pytest.fixture
+def dozing_child(monkeypatch):
+    """A child reading real pipes with a wake pipe, no burst due before the end, a FakeTracker."""
+    monkeypatch.setattr(tracking_child, "LIVE_INTERVAL_S", 1e9)
+    pipes = Pipes()
+    child = tracking_child._Child(_Inbox(pipes.read, pipes.wake_read), io.BytesIO())
+    child.tracker = FakeTracker()
+    yield child, pipes
+    pipes.close()
+
+
+def test_the_child_holds_epochs_unread_while_training_runs_and_writes_them_when_woken(dozing_child):
+    child, pipes = dozing_child
+    calls = child.tracker.calls
+    result = []
+    serving = threading.Thread(target=lambda: result.append(child._serve_run()))
+    try:
+        os.write(pipes.write, _frame(("hold",)))
+        serving.start()
+        deadline = time.monotonic() + 30
+        while not child.holding and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert child.holding
+        os.write(pipes.write, _frame(("metrics", {"val_kl": 1.0}, 1)) + _frame(("metrics", {"val_kl": 2.0}, 2)))
+        time.sleep(0.2)
+        assert select.select([pipes.read], [], [], 0)[0] and calls == []  # still in the pipe: the child dozes
+        os.write(pipes.write, _frame(("release",)))
+        os.write(pipes.wake_write, b"w")
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert calls == [("metrics", [(1, "val_kl"), (2, "val_kl")])]  # written on the wake
+        os.write(pipes.write, _frame(("end", "FINISHED", None)))
+        serving.join(30)
+        assert result == [0] and calls[-1] == ("end", "FINISHED")
+    finally:
+        serving.join(30)
+
+
+def test_a_dozing_child_ends_the_run_killed_when_the_training_process_dies(dozing_child):
+    child, pipes = dozing_child
+    os.write(pipes.write, _frame(("hold",)) + _frame(("metrics", {"val_kl": 1.0}, 1)))
+    pipes.close("write", "wake_write")  # the training process dies: both of its pipes close
+    assert child._serve_run() == 1  # at once, not after LIVE_INTERVAL_S
+    assert child.tracker.calls == [("metrics", [(1, "val_kl")]), ("end", "KILLED")]
 
 
 # -- the process on its own ----------------------------------------------------------------------
