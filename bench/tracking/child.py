@@ -69,15 +69,14 @@ class _Inbox:
                     return pickle.loads(payload)
             if self.eof:
                 return None
-            if doze and deadline is not None and not self.woken:
-                if not select.select([self.fd], [], [], 0)[0]:  # nothing to read: doze till the deadline
-                    left = max(0.0, deadline - time.monotonic())
-                    if select.select([self.wake_fd], [], [], left)[0]:
-                        self.woken = True  # a wake byte or the training process's exit: for good
-                    elif not select.select([self.fd], [], [], 0)[0]:
-                        return self.TIMEOUT
-                    continue
-            elif deadline is not None:
+            if doze and deadline is not None and not self.woken and not select.select([self.fd], [], [], 0)[0]:
+                # Nothing to read: doze till the deadline, then read what came (a wake byte or the
+                # training process's exit: read as usual from now on, for good).
+                left = max(0.0, deadline - time.monotonic())
+                self.woken = bool(select.select([self.wake_fd], [], [], left)[0])
+                doze = False
+                continue
+            if deadline is not None:
                 ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
                 if not ready:
                     return self.TIMEOUT

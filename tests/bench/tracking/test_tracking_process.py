@@ -253,52 +253,6 @@ def test_after_release_a_checkpoint_still_reaches_the_run_if_the_training_proces
     assert ("file", "checkpoint") in tracker.calls and tracker.calls[-1] == ("end", "KILLED")
 
 
-def test_a_dozing_inbox_reads_only_at_its_deadline_or_when_woken():
-    """While training runs the child waits on the wake pipe, not on stdin: a message that comes
-    meanwhile is read at the deadline, or at once when the training process wakes it (a byte, or its
-    exit closing the pipe); after a wake it never dozes again."""
-    read, write = os.pipe()
-    wake_read, wake_write = os.pipe()
-    inbox = _Inbox(read, wake_read)
-    late = threading.Timer(0.05, os.write, (write, _frame(("metrics", {"a": 1.0}, 1))))
-    try:
-        start = time.monotonic()
-        late.start()
-        assert inbox.get(1.0, doze=True) == ("metrics", {"a": 1.0}, 1)
-        assert time.monotonic() - start >= 0.95  # it came after 0.05 s, and was read at the deadline
-        assert inbox.get(0.05, doze=True) is _Inbox.TIMEOUT and not inbox.woken
-
-        def wake():
-            os.write(write, _frame(("release",)))
-            os.write(wake_write, b"w")
-
-        waker = threading.Timer(0.05, wake)
-        start = time.monotonic()
-        waker.start()
-        assert inbox.get(60.0, doze=True) == ("release",)
-        assert time.monotonic() - start < 30.0 and inbox.woken  # not the deadline: the wake
-        waker.join()
-    finally:
-        late.join()
-        for fd in (read, write, wake_read, wake_write):
-            os.close(fd)
-
-    read, write = os.pipe()
-    wake_read, wake_write = os.pipe()
-    inbox = _Inbox(read, wake_read)
-    closing = threading.Timer(0.05, os.close, (write,))
-    try:
-        os.close(wake_write)  # the training process is gone: its end of the wake pipe closes first
-        start = time.monotonic()
-        closing.start()
-        assert inbox.get(60.0, doze=True) is None  # then stdin's end-of-file, read when it comes
-        assert inbox.woken and time.monotonic() - start < 30.0
-    finally:
-        closing.join()
-        os.close(read)
-        os.close(wake_read)
-
-
 class Pipes:
     """The two pipes of a child's inbox (stdin, wake), as the training process holds them; closes the rest."""
 
@@ -311,6 +265,48 @@ class Pipes:
             if getattr(self, name) >= 0:
                 os.close(getattr(self, name))
                 setattr(self, name, -1)
+
+
+def test_a_dozing_inbox_reads_only_at_its_deadline_or_when_woken():
+    """While training runs the child waits on the wake pipe, not on stdin: a message that comes
+    meanwhile is read at the deadline, or at once when the training process wakes it (a byte, or its
+    exit closing the pipe); after a wake it never dozes again."""
+    pipes = Pipes()
+    inbox = _Inbox(pipes.read, pipes.wake_read)
+    late = threading.Timer(0.05, os.write, (pipes.write, _frame(("metrics", {"a": 1.0}, 1))))
+    try:
+        start = time.monotonic()
+        late.start()
+        assert inbox.get(1.0, doze=True) == ("metrics", {"a": 1.0}, 1)
+        assert time.monotonic() - start >= 0.95  # it came after 0.05 s, and was read at the deadline
+        assert inbox.get(0.05, doze=True) is _Inbox.TIMEOUT and not inbox.woken
+
+        def wake():
+            os.write(pipes.write, _frame(("release",)))
+            os.write(pipes.wake_write, b"w")
+
+        waker = threading.Timer(0.05, wake)
+        start = time.monotonic()
+        waker.start()
+        assert inbox.get(60.0, doze=True) == ("release",)
+        assert time.monotonic() - start < 30.0 and inbox.woken  # not the deadline: the wake
+        waker.join()
+    finally:
+        late.join()
+        pipes.close()
+
+    pipes = Pipes()
+    inbox = _Inbox(pipes.read, pipes.wake_read)
+    closing = threading.Timer(0.05, pipes.close, ("write",))
+    try:
+        pipes.close("wake_write")  # the training process is gone: its end of the wake pipe closes first
+        start = time.monotonic()
+        closing.start()
+        assert inbox.get(60.0, doze=True) is None  # then stdin's end-of-file, read when it comes
+        assert inbox.woken and time.monotonic() - start < 30.0
+    finally:
+        closing.join()
+        pipes.close()
 
 
 @pytest.fixture
