@@ -19,12 +19,11 @@ if TYPE_CHECKING:
     from bench.evaluation import EPOCH_METRICS, FINAL_METRICS, collapse_note
     from bench.tracking import (
         NullTracker,
-        RunTracker,
+        RunHandle,
         Tracker,
-        TrackingProcess,
+        TrackingWriter,
         environment_tags,
         log_fit,
-        open_experiment,
         redact,
         resolve_tracking_uri,
         ui_hint,
@@ -44,8 +43,8 @@ _FACE = {
     "bench.evaluation": ("EPOCH_METRICS", "FINAL_METRICS", "collapse_note"),
     "bench.training": ("FitResult", "NonFiniteLossError", "TrainConfig", "check_variant", "fit", "model_config",
                        "resolve_device"),
-    "bench.tracking": ("NullTracker", "RunTracker", "Tracker", "TrackingProcess", "environment_tags", "log_fit",
-                       "open_experiment", "redact", "resolve_tracking_uri", "ui_hint"),
+    "bench.tracking": ("NullTracker", "RunHandle", "Tracker", "TrackingWriter", "environment_tags", "log_fit",
+                       "redact", "resolve_tracking_uri", "ui_hint"),
 }
 _WHERE = {name: module for module, names in _FACE.items() for name in names}
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import optuna
 
 from bench import DataSplits, NonFiniteLossError, TrainConfig, fit, model_config
-from bench.tracking import NullTracker, RunTracker, config_params, log_fit, log_fit_model, run_tags
+from bench.tracking import NullTracker, RunHandle, config_params, log_fit, log_trained, run_tags
 from bench.tracking.checkpoints import RunCheckpoints
 from bench.training.checkpoint_store import trial_key
 from bench.training.loop import run_fingerprint
@@ -73,59 +73,15 @@ class TrialSettings:
 
 @dataclass
 class ChildRuns:
-    """Makes the MLflow child runs of one study's parent run."""
+    """Makes the MLflow child runs of one study's parent run, through the invocation's writer."""
 
-    client: Any
-    experiment_id: str
-    parent_run_id: str
+    writer: Any  # bench.tracking.TrackingWriter
+    experiment: str
+    parent_run_id: str  # the parent's local id (or the store's id)
 
-    def start(self, trial: optuna.Trial, tags: Mapping[str, Any]) -> RunTracker:
-        return RunTracker.start(self.client, self.experiment_id, f"{tags['variant']}-trial-{trial.number}",
-                                parent_run_id=self.parent_run_id, tags=tags)
-
-
-class RunFinisher:
-    """The last writes of completed trials -- the logged model, then the end of the run -- on one
-    background thread, in order, while the worker goes on with its next trial.
-
-    Logging a model is ~10 SQLite commits (~80 ms on a 2-core VM, most of it waiting for the disk):
-    in the trial's own time it was over 10 % of a 10-epoch digits trial. The trial's Optuna state and
-    user attributes are set before, in the trial; :meth:`drain` waits for every queued write (the
-    study calls it before it registers models). A write that fails ends its run FAILED with the reason
-    and is printed; the trial stays COMPLETE.
-    """
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-bench-finish")
-        self._pending: list = []
-
-    def submit(self, trial_number: int, tracker: RunTracker, write: Callable[[], None]) -> None:
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._pool.submit(self._finish, trial_number, tracker, write))
-
-    @staticmethod
-    def _finish(trial_number: int, tracker: RunTracker, write: Callable[[], None]) -> None:
-        try:
-            write()
-        except Exception as exc:  # noqa: BLE001 -- the trial is done; its run says what went wrong
-            reason = f"logging the model failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-            print(f"warning: trial {trial_number}: {reason}", file=sys.stderr, flush=True)
-            try:
-                tracker.set_tags({"trial_state": "COMPLETE"})
-                tracker.end("FAILED", reason)
-            except Exception:  # noqa: BLE001 -- the store is what failed
-                pass
-            return
-        tracker.set_tags({"trial_state": "COMPLETE"})
-        tracker.end("FINISHED")
-
-    def drain(self) -> None:
-        """Wait until every queued write is done."""
-        for future in self._pending:
-            future.result()
-        self._pending = []
+    def start(self, trial: optuna.Trial, tags: Mapping[str, Any]) -> RunHandle:
+        return self.writer.start_run(self.experiment, f"{tags['variant']}-trial-{trial.number}",
+                                     parent=self.parent_run_id, tags=tags)
 
 
 class PruningReporter:
@@ -157,7 +113,6 @@ class Objective:
         self.data_options = dict(data_options or {})
         self.make_callbacks = make_callbacks
         self.names = OBJECTIVES[settings.objective]
-        self.finisher = RunFinisher() if runs is not None else None
         #: Where the one-line notes go (a retry that cannot resume says why).
         self.notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
@@ -184,15 +139,18 @@ class Objective:
             callbacks.append(PruningReporter(trial, s.epochs, self.names[0]))
         if self.make_callbacks:
             callbacks += self.make_callbacks(trial)
+        logged = dict(log_model=s.log_model, params=params, datasets=self.datasets,
+                      tags={"variant": s.variant, "study_name": s.study_name, "trial_number": trial.number})
         try:
             try:
+                # the figures and the model go to the writer once trained, while the test metrics are computed
                 result = fit(model_cfg, train_cfg, self.data, callbacks=callbacks, progress=False,
-                             checkpoint=checkpoints, checkpoint_every=s.checkpoint_every, resume=resume)
+                             checkpoint=checkpoints, checkpoint_every=s.checkpoint_every, resume=resume,
+                             on_trained=lambda trained: log_trained(tracker, trained, **logged))
             finally:
                 if not s.keep_checkpoints:
                     checkpoints.remove()  # a finished trial (complete, pruned or failed) needs none
-            model_tags = {"variant": s.variant, "study_name": s.study_name, "trial_number": trial.number}
-            log_fit(tracker, result, log_model=False, datasets=self.datasets)
+            log_fit(tracker, result, trained=True, **logged)
         except optuna.TrialPruned as exc:
             self._end(trial, tracker, "PRUNED", "KILLED", str(exc))
             raise
@@ -212,17 +170,11 @@ class Objective:
                    "train_seconds": result.train_seconds, **result.final}
         for key, value in summary.items():
             trial.set_user_attr(key, float(value))
-        if self.finisher is not None and s.log_model:
-            if tracker.run_id and tracker.run_id != trial.user_attrs.get("mlflow_run_id"):
-                trial.set_user_attr("mlflow_run_id", tracker.run_id)  # the real id, once an outage's spool is sent
-            self.finisher.submit(trial.number, tracker, lambda: log_fit_model(
-                tracker, result, params=params, tags=model_tags, datasets=self.datasets))
-        else:
-            self._end(trial, tracker, "COMPLETE", "FINISHED", None)
+        self._end(trial, tracker, "COMPLETE", "FINISHED", None)
         values = tuple(float(last[name]) for name in self.names)
         return values[0] if len(values) == 1 else values
 
-    def _checkpoints(self, trial: optuna.Trial, tracker: RunTracker | NullTracker, chain: int) -> RunCheckpoints:
+    def _checkpoints(self, trial: optuna.Trial, tracker: RunHandle | NullTracker, chain: int) -> RunCheckpoints:
         """The trial's checkpoint sink. ``checkpoint_runs`` (user attribute, copied to a heartbeat retry)
         lists the runs of the retry chain that may hold a ``checkpoint/`` artifact: the chain's end removes all."""
         s = self.settings
@@ -231,15 +183,15 @@ class Objective:
         earlier = [str(r) for r in trial.user_attrs.get("checkpoint_runs", [])]
         if s.checkpoint_every:
             trial.set_user_attr("checkpoint_runs", [*earlier, tracker.run_id])
-        return RunCheckpoints(trial_key(s.study_name, chain), tracker, client=self.runs.client, earlier_runs=earlier)
+        return RunCheckpoints(trial_key(s.study_name, chain), tracker, writer=self.runs.writer, earlier_runs=earlier)
 
-    def _resume(self, trial: optuna.Trial, tracker: RunTracker | NullTracker, checkpoints: RunCheckpoints,
+    def _resume(self, trial: optuna.Trial, tracker: RunHandle | NullTracker, checkpoints: RunCheckpoints,
                 model_cfg, train_cfg, dead_run_id: str | None) -> dict | None:
         """The dead trial's checkpoint, with its epochs 1..k reported to ``trial`` and logged to ``tracker``
         (None: start at epoch 1; a one-line note says why when a checkpoint was there but not usable)."""
-        client = self.runs.client if self.runs is not None else None
         found = checkpoints.find(run_fingerprint(model_cfg, train_cfg, self.data), train_cfg.epochs,
-                                 client=client, dead_run_id=dead_run_id)
+                                 tracking_uri=self.runs.writer.tracking_uri if self.runs is not None else None,
+                                 dead_run_id=dead_run_id)
         if found.message:
             self.notify(f"trial {trial.number}: {found.message}")
         if found.state is None:
@@ -256,7 +208,7 @@ class Objective:
         return found.state
 
     def _start_run(self, trial: optuna.Trial, model_cfg, train_cfg,
-                   retry_of: int | None) -> tuple[RunTracker | NullTracker, dict[str, Any]]:
+                   retry_of: int | None) -> tuple[RunHandle | NullTracker, dict[str, Any]]:
         """The trial's run (a NullTracker untracked) and its params."""
         params = {**config_params(model_cfg, train_cfg, self.data_options), "trial_number": trial.number}
         if self.runs is None:
@@ -273,11 +225,13 @@ class Objective:
         return tracker, params
 
     @staticmethod
-    def _end(trial: optuna.Trial, tracker: RunTracker | NullTracker, state: str, status: str,
+    def _end(trial: optuna.Trial, tracker: RunHandle | NullTracker, state: str, status: str,
              reason: str | None) -> None:
+        """End the trial's run (queued: nothing waits for the store) and record its id as the store knows it
+        by now; a run the store has no id for yet keeps its local id, which ``studies.run_ids`` resolves."""
         if reason and state == "FAIL":
             trial.set_user_attr("fail_reason", reason)
         tracker.set_tags({"trial_state": state})
         tracker.end(status, reason)
         if tracker.run_id and tracker.run_id != trial.user_attrs.get("mlflow_run_id"):
-            trial.set_user_attr("mlflow_run_id", tracker.run_id)  # the real id, once an outage's spool is sent
+            trial.set_user_attr("mlflow_run_id", tracker.run_id)

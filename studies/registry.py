@@ -5,20 +5,20 @@ trial on the Pareto front, ``best`` on the one of lowest ``val_neg_elbo``. Each 
 what is not registered yet (a model is never registered twice) and moves ``best`` when a better
 trial has appeared. Model versions carry the trial number, the study and its ``val_neg_elbo``.
 
-A tracking server that does not answer does not fail the study: the registration is reported as a
-note, and rerunning the same command (it runs no trial once the study is full) registers it.
+Registering is a write like any other, made by the invocation's writer process (the op ``register``
+of :mod:`bench.tracking.ops`): a tracking server that does not answer does not fail the study; the
+registration waits in the writer's spool, and is made when the server answers (``cvae-bench sync``,
+or the next invocation, sends it). Runs recorded under a local id are found by their run key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.tracking import redact_url
-from bench.tracking.logged_model import MODEL_ID_TAG, find_run_model, version_model_id
 from studies.spec import StudySpec
 
 ALIAS = "best"
@@ -26,12 +26,15 @@ ALIAS = "best"
 
 @dataclass
 class Registration:
-    """What :func:`register_study_models` did: the registered name, each trial's version, the alias."""
+    """What :func:`register_study_models` asked for and, once :meth:`collect` ed, what the store did: the
+    registered name, each trial's version, the trial the alias points at."""
 
     name: str
     versions: dict[int, str] = field(default_factory=dict)  # trial number -> model version
     best_trial: int | None = None
     notes: list[str] = field(default_factory=list)
+    asked: dict[int, int] = field(default_factory=dict)  # trial number -> the writer's token
+    best_asked: int | None = None
 
     @property
     def best_uri(self) -> str | None:
@@ -42,6 +45,26 @@ class Registration:
         """``models:/NAME/VERSION`` of a registered trial ('' if it is not registered)."""
         version = self.versions.get(trial_number)
         return f"models:/{self.name}/{version}" if version else ""
+
+    def collect(self, writer: Any) -> "Registration":
+        """Read the answers the writer has by now (after its flush or close); a note for what still waits."""
+        waiting = []
+        for number, token in self.asked.items():
+            answered, version, error = writer.answer(token)
+            if not answered:
+                waiting.append(number)
+            elif error:
+                self.notes.append(f"trial {number} was not registered as {self.name!r}: {error}")
+            else:
+                self.versions[number] = str(version)
+                if number == self.best_asked:
+                    self.best_trial = number
+        if waiting:
+            self.notes.append(f"registering trial(s) {', '.join(map(str, waiting))} as {self.name!r} waits for the "
+                              "tracking server: it completes when the server answers (`cvae-bench sync` sends what "
+                              "this command leaves spooled)")
+        self.asked = {}
+        return self
 
 
 def trials_to_register(study: optuna.Study, objective_names: tuple[str, ...]) -> tuple[list[FrozenTrial], FrozenTrial | None]:
@@ -58,63 +81,47 @@ def trials_to_register(study: optuna.Study, objective_names: tuple[str, ...]) ->
     return sorted(front, key=lambda t: t.number), best
 
 
-def register_study_models(client: Any, study: optuna.Study, spec: StudySpec) -> Registration:
-    """Register the study's models (see the module docstring); never raises for the tracking store."""
+def register_study_models(writer: Any, study: optuna.Study, spec: StudySpec) -> Registration:
+    """Ask ``writer`` (a :class:`bench.tracking.TrackingWriter`) to register the study's models (see the module
+    docstring); :meth:`Registration.collect` reads the outcome once the writer is flushed or closed.
+    Never raises for the tracking store: what it has not answered by then stays queued (spooled while it is
+    unreachable), and completes when it answers (``cvae-bench sync`` sends what is left spooled)."""
     name = spec.registered_model or spec.name
     registration = Registration(name=name)
     trials, best = trials_to_register(study, spec.objective_names)
-    if not trials:
-        return registration
-    try:
-        _register(client, name, trials, best, spec, registration)
-    except Exception as exc:  # noqa: BLE001 -- the study's trials are kept whatever the registry does
-        detail = redact_url(" ".join(str(exc).split()))[:200]
-        registration.notes.append(f"could not register the study's models as {name!r} ({type(exc).__name__}: "
-                                  f"{detail}); rerun the same command once the tracking server answers: "
-                                  "it registers them then")
+    trials = [t for t in trials if t.user_attrs.get("mlflow_run_id")]
+    records = [{"op": "register", "name": name, "run_id": t.user_attrs["mlflow_run_id"],
+                "alias": ALIAS if t is best else None,
+                "version_tags": {"trial_number": str(t.number), "study_name": spec.name,
+                                 "val_neg_elbo": f"{t.user_attrs.get('val_neg_elbo', float('nan')):.4f}"},
+                "model_tags": {"study_name": spec.name, "variant": spec.variant, "dataset": spec.dataset},
+                "description": f"Best trials of the cvae-bench study {spec.name!r}"} for t in trials]
+    registration.asked = dict(zip((t.number for t in trials), writer.ask(records)))
+    registration.best_asked = best.number if best is not None and best in trials else None
     return registration
 
 
-def _register(client: Any, name: str, trials: list[FrozenTrial], best: FrozenTrial, spec: StudySpec,
-              registration: Registration) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, tags={"study_name": spec.name, "variant": spec.variant,
-                                                   "dataset": spec.dataset},
-                                       description=f"Best trials of the cvae-bench study {spec.name!r}")
-    registered = {version_model_id(v): v.version for v in client.search_model_versions(f"name='{name}'")}
-    for trial in trials:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        model = find_run_model(client, run_id) if run_id and not run_id.startswith("local-") else None
-        if model is None:
-            registration.notes.append(f"trial {trial.number} has no logged model to register (trained with "
-                                      "--no-model, or its writes are still spooled: `cvae-bench sync`, then rerun)")
-            continue
-        version = registered.get(model.model_id)
-        if version is None:
-            mv = client.create_model_version(
-                name, source=model.artifact_location, run_id=run_id, model_id=model.model_id,
-                tags={MODEL_ID_TAG: model.model_id, "trial_number": str(trial.number), "study_name": spec.name,
-                      "val_neg_elbo": f"{trial.user_attrs.get('val_neg_elbo', float('nan')):.4f}"})
-            version = mv.version
-            _link_version(client, model, name, str(version))
-        registration.versions[trial.number] = str(version)
-    if best.number in registration.versions:
-        client.set_registered_model_alias(name, ALIAS, registration.versions[best.number])
-        registration.best_trial = best.number
+#: The study user attribute mapping local run ids (``local-...``) to the store's ids, once known.
+RUN_IDS_ATTR = "mlflow_run_ids"
 
 
-def _link_version(client: Any, model: Any, name: str, version: str) -> None:
-    """Name the version on the logged model (the ``mlflow.modelVersions`` tag ``mlflow.register_model``
-    writes), so that the UI's Models tab shows where each model is registered."""
-    import json
+def record_run_ids(study: optuna.Study, ids: Mapping[str, str], parent: str | None = None) -> None:
+    """Record the store's ids of the local ids this study's trials hold (``mlflow_run_id``, ``checkpoint_runs``):
+    Optuna keeps a finished trial's attributes as they were, so the map is a study attribute
+    (:data:`RUN_IDS_ATTR`, read by :func:`run_id_of`). ``parent``: this invocation's parent run, by local
+    id; when the store made a new parent (the recorded one was gone), it becomes the study's parent."""
+    known = dict(study.user_attrs.get(RUN_IDS_ATTR, {}))
+    recorded = {study.user_attrs.get("mlflow_parent_run_id")}
+    for trial in study.get_trials(deepcopy=False):
+        recorded |= {trial.user_attrs.get("mlflow_run_id"), *trial.user_attrs.get("checkpoint_runs", [])}
+    new = {k: ids[k] for k in recorded if k in ids and known.get(k) != ids[k]}
+    if new:
+        study.set_user_attr(RUN_IDS_ATTR, {**known, **new})
+    stored = study.user_attrs.get("mlflow_parent_run_id")
+    if parent in ids and run_id_of(study, stored) != ids[parent]:
+        study.set_user_attr("mlflow_parent_run_id", ids[parent])
 
-    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-    versions = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
-    entry = {"name": name, "version": version}
-    if entry not in versions:
-        client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*versions, entry])})
+def run_id_of(study: optuna.Study, run_id: str | None) -> str | None:
+    """The store's id of a run id a trial recorded (a local id is looked up in :data:`RUN_IDS_ATTR`)."""
+    return study.user_attrs.get(RUN_IDS_ATTR, {}).get(run_id, run_id) if run_id else run_id

@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.errors import CLIError
 from bench.tracking import redact_url, sqlite_file
+from studies.registry import run_id_of
 from studies.spec import OBJECTIVES
 from studies.storage import is_journal
 
@@ -97,14 +98,16 @@ def study_report(study, client: Any | None) -> Any:
     frame = trials_table(study, OBJECTIVES.get(objective, ("value",)))
     if "state" in frame:
         frame["state"] = frame["state"].astype(str)
-    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    parent_id = run_id_of(study, study.user_attrs.get("mlflow_parent_run_id"))
     if client is None or not parent_id or frame.empty:
         return frame
     from mlflow.exceptions import MlflowException
 
-    try:
-        runs = runs_frame(child_runs(client, parent_id))
-    except MlflowException as exc:  # the parent run lives in another tracking store, or the store is unreachable
+    from bench.tracking.ops import Store, Unresolved
+
+    try:  # a parent recorded under its local id (created in an outage) is found by its run key
+        runs = runs_frame(child_runs(client, Store(client, "").real(parent_id)))
+    except (MlflowException, Unresolved) as exc:  # another tracking store, an unreachable one, or not sent yet
         frame.attrs["mlflow_error"] = " ".join(str(exc).split())[:200]
         return frame
     return frame.merge(runs, on="number", how="left")

@@ -10,9 +10,12 @@
 - ``jobs`` threads run trials side by side, each with its own sampler (seeded differently);
   ``cvae-bench worker`` processes on other machines join the same study (:mod:`studies.cli.worker`):
   what defines the study is kept in its user attributes (:func:`studies.spec.study_attrs`).
-- MLflow writes go through one :class:`bench.tracking.spool.ResilientClient` per invocation: an
-  outage of the tracking server is spooled and replayed, never fatal to a trial. Each invocation
-  first sends what ended processes left spooled for the same server, and flushes its own at the end.
+- MLflow writes go through one writer process per invocation (:class:`bench.tracking.TrackingWriter`):
+  no trial waits on the store, an outage of the tracking server is spooled and replayed, never fatal to
+  a trial. The writer first sends what ended processes left spooled for the same store; the invocation
+  waits for it at most :data:`bench.tracking.FLUSH_BOUND_S` at its end. Runs the store had no id for
+  when a trial ended keep their local id in Optuna; :func:`studies.registry.record_run_ids` records
+  the store's ids once known.
 """
 
 from __future__ import annotations
@@ -27,22 +30,13 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from bench import (
-    CLIError,
-    DataSplits,
-    RunTracker,
-    environment_tags,
-    load_dataset,
-    open_experiment,
-    resolve_device,
-    resolve_tracking_uri,
-    ui_hint,
-)
-from bench.tracking import LOCAL_PREFIX, redact_url, sync_spool
+from bench import CLIError, DataSplits, environment_tags, load_dataset, resolve_device, resolve_tracking_uri, ui_hint
+from bench.tracking import RunHandle, TrackingWriter, check_tracking_uri, redact_url
 from bench.tracking.dataset_inputs import dataset_inputs
+from bench.tracking.ops import now_ms
 from studies.lock import study_lock
 from studies.objective import ChildRuns, Objective, TrialSettings
-from studies.registry import Registration, register_study_models
+from studies.registry import ALIAS, Registration, record_run_ids, register_study_models, run_id_of
 from studies.spec import Role, StudySpec, attr_name, fields_of, setting_of, settings_from_attrs, study_attrs
 from studies.storage import dashboard_hint, is_journal, normalize_url, open_storage, retry_stale_trial
 from studies.trial_loop import FINISHED, count_trials, run_until_total
@@ -145,53 +139,44 @@ class StudyRun:
     """One invocation on one study: opening it, its parent run, the trial loop, the final artifacts."""
 
     def __init__(self, spec: StudySpec, data: DataSplits, *, progress: bool = True, stream: TextIO | None = None,
-                 sampler_salt: int = 0):
+                 sampler_salt: int = 0, writer: TrackingWriter | None = None):
         self.spec = spec
         self.sampler_salt = sampler_salt  # workers on one study must not share sampler seeds
         self.data = data
         self.progress = progress
         self.stream = stream or sys.stdout
-        self.client = None
-        self.experiment_id: str | None = None
+        self.writer = writer  # given: the caller's (the suite's), flushed at the end, not closed
+        self.own_writer = writer is None
         self.tracking_uri = resolve_tracking_uri(spec.tracking_uri) if spec.track else None
+
+    @property
+    def experiment(self) -> str:
+        return self.spec.experiment or self.spec.name
 
     # -- setup -------------------------------------------------------------------------------------
     def _open_tracking(self) -> None:
+        """The invocation's writer; it first sends what ended processes left spooled for this store."""
         assert self.tracking_uri is not None
-        self.client, self.experiment_id = open_experiment(self.tracking_uri, self.spec.experiment or self.spec.name)
-        self._sync_leftovers()
+        if self.writer is None:
+            check_tracking_uri(self.tracking_uri)
+            self.writer = TrackingWriter(self.tracking_uri, sync=True)
 
-    def _sync_leftovers(self) -> None:
-        """Send what ended processes left spooled for this tracking server (best effort)."""
-        try:
-            report = sync_spool(self.tracking_uri, self.client.spool_dir)
-        except Exception as exc:  # noqa: BLE001 -- the study must not fail for an old spool
-            print(f"note: could not send spooled MLflow writes yet ({redact_url(str(exc))[:200]}); "
-                  "`cvae-bench sync` retries", file=sys.stderr)
-            return
-        if report.records:
-            print(f"note: sent {report.records} MLflow writes spooled by {report.files} ended process(es)",
-                  file=self.stream)
-
-    def _settle_tracking(self) -> list[str]:
-        """Flush this invocation's spool; a note for the user if the server is still unreachable."""
-        note = self.client.settle() if self.client is not None else None
+    def _close_tracking(self) -> list[str]:
+        """Let the writer finish (at most FLUSH_BOUND_S); a note for the user if writes are left spooled."""
+        if self.writer is None:
+            return []
+        note = self.writer.close() if self.own_writer else self.writer.flush()
         return [note] if note else []
 
     def _on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial failed by heartbeat: retry it (Optuna) and end its orphaned MLflow run FAILED."""
         retry_stale_trial()(study, trial)
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.client is None or not run_id or run_id.startswith(LOCAL_PREFIX):
-            return  # a run the server never saw: `cvae-bench sync` ends it when it sends the dead process's spool
-        try:
-            orphan = RunTracker(self.client, run_id)
-            orphan.set_tags({"trial_state": "FAIL"})
-            orphan.end("FAILED", f"heartbeat lost: the process running trial {trial.number} stopped; "
-                                 "the trial is retried as a new trial")
-        except Exception as exc:  # noqa: BLE001 -- tracking trouble must not stop Optuna's bookkeeping
-            print(f"warning: could not end the MLflow run of stale trial {trial.number}: "
-                  f"{redact_url(str(exc))[:200]}", file=sys.stderr)
+        if self.writer is not None and run_id:  # a run no store has yet: the dead process's spool ends it
+            self.writer.submit({"op": "end_if_running", "run_id": run_id, "status": "FAILED", "end_time": now_ms(),
+                                "tags": {"trial_state": "FAIL"},
+                                "reason": f"heartbeat lost: the process running trial {trial.number} stopped; "
+                                          "the trial is retried as a new trial"})
 
     def _open_study(self, storage: optuna.storages.BaseStorage) -> optuna.Study:
         """Create or load the study; its defining settings must match ``spec``'s (:class:`CLIError` if not).
@@ -216,25 +201,18 @@ class StudyRun:
                 study.set_user_attr(key, wanted[key])
         return study
 
-    def _open_parent(self, study: optuna.Study) -> RunTracker:
-        from mlflow.exceptions import MlflowException
-
-        run_id = study.user_attrs.get("mlflow_parent_run_id")
-        if run_id:
-            try:
-                run = self.client.get_run(run_id)
-                if run.info.lifecycle_stage == "active":
-                    return RunTracker.reopen(self.client, run_id)
-            except MlflowException:
-                print(f"note: the study's parent run {run_id} is not in this tracking store; starting a new one",
-                      file=self.stream)
+    def _open_parent(self, study: optuna.Study) -> RunHandle:
+        """The study's parent run: the one the study recorded, if the store still has it active, else a new one."""
         spec = self.spec
-        parent = RunTracker.start(self.client, self.experiment_id, spec.name,
-                                  tags={"study_name": spec.name, "run_kind": "study", "variant": spec.variant,
-                                        "dataset": self.data.name, **environment_tags(resolve_device(spec.device))})
-        parent.log_params({"study_name": spec.name, "variant": spec.variant, "dataset": spec.dataset,
-                           "objective": spec.objective, "epochs": spec.epochs})
-        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        stored = study.user_attrs.get("mlflow_parent_run_id")
+        parent = self.writer.start_run(
+            self.experiment, spec.name, reuse=stored,
+            tags={"study_name": spec.name, "run_kind": "study", "variant": spec.variant, "dataset": self.data.name,
+                  **environment_tags(resolve_device(spec.device))})
+        if not stored:
+            parent.log_params({"study_name": spec.name, "variant": spec.variant, "dataset": spec.dataset,
+                               "objective": spec.objective, "epochs": spec.epochs})
+            study.set_user_attr("mlflow_parent_run_id", parent.local_id)
         return parent
 
     # -- the run -----------------------------------------------------------------------------------
@@ -243,35 +221,47 @@ class StudyRun:
         start = time.perf_counter()
         if spec.track:
             self._open_tracking()
-        storage = open_storage(spec.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale)
-        lock_url = _lock_url(spec.storage)
-        with study_lock(lock_url, spec.name):  # one study and one parent run, even when workers start together
-            study = self._open_study(storage)
-            parent = self._open_parent(study) if spec.track else None
+        try:
+            storage = open_storage(spec.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale)
+            lock_url = _lock_url(spec.storage)
+            with study_lock(lock_url, spec.name):  # one study and one parent run, even when workers start together
+                study = self._open_study(storage)
+                parent = self._open_parent(study) if spec.track else None
+        except BaseException:
+            if self.writer is not None and self.own_writer:
+                self.writer.abandon()
+            raise
         try:
             outcome = self._optimize(study, storage, parent, lock_url)
         except KeyboardInterrupt:
             if parent:
                 parent.end("KILLED", "interrupted")
-            self._settle_tracking()
+            self._close_tracking()
             raise
         except BaseException as exc:
             if parent:
                 parent.end("FAILED", f"{type(exc).__name__}: {exc}")
-            self._settle_tracking()
+            self._close_tracking()
             raise
-        outcome.notes += self._settle_tracking()
+        notes = self._close_tracking()
+        if outcome.registration is not None:
+            outcome.notes += outcome.registration.collect(self.writer).notes
+        outcome.notes += notes
+        if parent is not None:
+            outcome.parent_run_id = parent.run_id
+            with study_lock(lock_url, spec.name):  # workers merge their ids into one study attribute
+                record_run_ids(study, self.writer.ids, parent.local_id)
         outcome.seconds = time.perf_counter() - start
         return outcome
 
-    def _optimize(self, study: optuna.Study, storage, parent: RunTracker | None, lock_url: str) -> StudyOutcome:
+    def _optimize(self, study: optuna.Study, storage, parent: RunHandle | None, lock_url: str) -> StudyOutcome:
         spec = self.spec
         if parent is not None:
             parent.set_tags({"trials_total": spec.trials, "sampler": spec.sampler, "pruner": spec.resolved_pruner,
                              "optuna_storage": redact_url(spec.storage), "jobs": spec.jobs})
         existing = len(study.get_trials(deepcopy=False))
         finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
-        runs = ChildRuns(self.client, self.experiment_id, parent.run_id) if parent is not None else None
+        runs = ChildRuns(self.writer, self.experiment, parent.local_id) if parent is not None else None
         settings = TrialSettings(variant=spec.variant, objective=spec.objective, epochs=spec.epochs, seed=spec.seed,
                                  device=spec.device, iw_samples=spec.iw_samples, study_name=spec.name,
                                  log_model=spec.log_model, cuda_graphs=spec.cuda_graphs, compile=spec.compile,
@@ -322,12 +312,10 @@ class StudyRun:
                 raise
             finally:
                 progress.close()
-                if objective.finisher is not None:
-                    objective.finisher.drain()  # the models of completed trials, before anything reads them
         if errors:
             raise errors[0]
         if not spec.keep_checkpoints:
-            remove_finished_checkpoints(study, spec.name, self.client)
+            remove_finished_checkpoints(study, spec.name, self.writer)
         counts = count_trials(study)
         notes: list[str] = []
         registration = None
@@ -339,7 +327,7 @@ class StudyRun:
         return StudyOutcome(study=study, ran=sum(ran), seconds=0.0, parent_run_id=parent.run_id if parent else None,
                             counts=counts, notes=notes, registration=registration)
 
-    def _finish_parent(self, parent: RunTracker, study: optuna.Study) -> tuple[list[str], Registration | None]:
+    def _finish_parent(self, parent: RunHandle, study: optuna.Study) -> tuple[list[str], Registration | None]:
         """The study's metrics, plots and trials table on the parent run, the models registered, the run ended."""
         from studies.plots import log_study_artifacts
 
@@ -348,22 +336,22 @@ class StudyRun:
         best = best_trial(study, self.spec.objective_names)
         if best is not None:
             metrics.update({f"best_{k}": v for k, v in best.user_attrs.items() if isinstance(v, float)})
-            parent.set_tags({"best_trial": best.number, "best_run_id": best.user_attrs.get("mlflow_run_id", "")})
+            parent.set_tags({"best_trial": best.number,
+                             "best_run_id": self.writer.run_id(run_id_of(study, best.user_attrs.get("mlflow_run_id", "")))})
         parent.log_metrics(metrics, step=len(study.get_trials(deepcopy=False)))
         notes = log_study_artifacts(parent, study, self.spec.objective_names)
         registration = None
         if self.spec.log_model:
-            registration = register_study_models(self.client, study, self.spec)
-            notes += registration.notes
-            if registration.best_uri:
-                parent.set_tags({"registered_model": registration.best_uri})
+            registration = register_study_models(self.writer, study, self.spec)
+            if registration.best_asked is not None:
+                parent.set_tags({"registered_model": f"models:/{registration.name}@{ALIAS}"})
         parent.end("FINISHED")
-        return notes, registration
+        return notes, registration  # the registration is collected once the writer is done
 
 
-def remove_finished_checkpoints(study: optuna.Study, name: str, client: Any = None) -> bool:
+def remove_finished_checkpoints(study: optuna.Study, name: str, writer: Any = None) -> bool:
     """Once no trial is RUNNING or WAITING, remove what checkpoints are left (True if a local one was):
-    the study's local checkpoint folder and, through ``client``, the ``checkpoint/`` artifacts of the
+    the study's local checkpoint folder and, through ``writer``, the ``checkpoint/`` artifacts of the
     runs of failed trials (a worker that died with its retries used up). Finished trials have
     removed their own; nothing is left to resume."""
     import shutil
@@ -376,9 +364,9 @@ def remove_finished_checkpoints(study: optuna.Study, name: str, client: Any = No
     folder = checkpoint_root() / "study" / safe_part(name)
     existed = folder.exists()
     shutil.rmtree(folder, ignore_errors=True)
-    if client is not None:
+    if writer is not None:
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        delete_run_checkpoints(client, [r for t in failed for r in t.user_attrs.get("checkpoint_runs", [])])
+        delete_run_checkpoints(writer, [r for t in failed for r in t.user_attrs.get("checkpoint_runs", [])])
     return existed
 
 
@@ -403,10 +391,11 @@ def stored_settings(storage_url: str, study_name: str, heartbeat: int) -> dict[s
 
 
 def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool = True,
-              stream: TextIO | None = None, sampler_salt: int = 0) -> StudyOutcome:
+              stream: TextIO | None = None, sampler_salt: int = 0, writer: TrackingWriter | None = None) -> StudyOutcome:
     """Run (or resume) the study ``spec`` on ``data`` (loaded from the spec when None).
 
-    ``sampler_salt`` is added to the sampler seeds (distinct per worker process).
+    ``sampler_salt`` is added to the sampler seeds (distinct per worker process); ``writer``: the tracking
+    writer to use (the suite shares one among its studies), else the study starts and closes its own.
     """
     import torch
 
@@ -415,7 +404,7 @@ def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.resolved_threads)
     try:
-        return StudyRun(spec, data, progress=progress, stream=stream, sampler_salt=sampler_salt).run()
+        return StudyRun(spec, data, progress=progress, stream=stream, sampler_salt=sampler_salt, writer=writer).run()
     finally:
         torch.set_num_threads(threads)
 

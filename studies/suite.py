@@ -164,12 +164,10 @@ def format_table(frame) -> str:
     return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
-def log_summary(config: SuiteConfig, frame, table: str) -> str:
-    """A ``suite-summary`` run in the suite's experiment: the table (CSV, Markdown) and its numbers."""
-    from bench import RunTracker, open_experiment, resolve_tracking_uri
-
-    client, experiment_id = open_experiment(resolve_tracking_uri(config.tracking_uri), config.experiment)
-    with RunTracker.start(client, experiment_id, "suite-summary",
+def log_summary(writer: Any, config: SuiteConfig, frame, table: str) -> str:
+    """A ``suite-summary`` run in the suite's experiment: the table (CSV, Markdown) and its numbers, written by
+    ``writer`` (a :class:`bench.tracking.TrackingWriter`). Returns the run's (local, until known) id."""
+    with writer.start_run(config.experiment, "suite-summary",
                           tags={"run_kind": "suite", "dataset": config.dataset}) as run:
         run.log_params({"dataset": config.dataset, "variants": ",".join(config.variants), "trials": config.trials,
                         "epochs": config.epochs, "objective": config.objective})
@@ -178,4 +176,4 @@ def log_summary(config: SuiteConfig, frame, table: str) -> str:
         run.log_metrics(metrics)
         run.log_text(frame.to_csv(index=False), "suite_summary.csv")
         run.log_text(table + "\n", "suite_summary.md")
-    return run.run_id
+    return run

@@ -28,6 +28,9 @@ def _spool_in_tmp(tmp_path_factory):
     """MLflow writes spooled during tests (outages) stay out of the user's ~/.cache."""
     os.environ["CVAE_BENCH_SPOOL"] = str(tmp_path_factory.mktemp("mlflow-spool"))
     os.environ["CVAE_BENCH_CHECKPOINTS"] = str(tmp_path_factory.mktemp("checkpoints"))  # nor checkpoints
+    # Commands wait for their tracking writer at most this long (10 s by default): tests check what is
+    # written, on a CI machine that may be slow; the tests of the bound itself set it back.
+    os.environ.setdefault("CVAE_BENCH_FLUSH_BOUND_S", "120")
 
 
 @pytest.fixture

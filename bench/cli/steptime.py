@@ -112,37 +112,35 @@ def write_json(path: str, document: dict[str, Any]) -> None:
 
 def log_to_mlflow(results: list[StepTimeResult], calibration: dict[str, Any], tracking_uri: str | None,
                   experiment: str) -> str:
-    """One MLflow run per configuration in ``experiment``; returns the tracking URI used."""
-    try:
-        from bench.tracking import RunTracker, environment_tags, make_client, redact, resolve_tracking_uri
-        from bench.tracking import experiment_id as tracking_experiment_id
-        uri = resolve_tracking_uri(tracking_uri)
-        client = make_client(uri)
-    except ImportError as err:
-        raise CLIError(f"MLflow is not importable ({err}); pass --no-track to time without tracking") from None
-    try:
-        experiment_id = tracking_experiment_id(client, experiment)
-        for r in results:
-            cal = calibration.get(r.device)
-            tags = {**environment_tags(r.device), "loop": r.loop, "benchmark": r.name}
-            with RunTracker.start(client, experiment_id, r.name, tags=tags) as tracker:
-                tracker.log_params({"variant": r.variant, "dataset": r.dataset, "batch_size": r.batch_size,
-                                    "device": r.device, "loop": r.loop, "mode": r.mode, "compile": r.compile,
-                                    "amp": r.amp, "cuda_graphs": r.cuda_graphs, "adam": r.adam,
-                                    "steps_per_block": r.steps_per_block, "repeats": r.repeats,
-                                    "peak_mem_source": r.peak_mem_source,
-                                    "calibration_workload": cal["workload"] if cal else "none"})
-                metrics = {"median_ms": r.median_ms, "iqr_ms": r.iqr_ms, "samples_per_s": r.samples_per_s,
-                           "peak_mem_mb": r.peak_mem_mb, "tflops": r.tflops, "flops_per_step": float(r.flops_per_step)}
-                if r.speedup is not None:
-                    metrics["speedup"] = r.speedup
-                if r.normalised is not None:
-                    metrics["normalised"] = r.normalised
-                    metrics["calibration_ms"] = cal["median_ms"]
-                tracker.log_metrics(metrics)
-    except Exception as err:  # noqa: BLE001 -- any store/server failure becomes one line; JSON is already written
-        raise CLIError(f"MLflow logging to {redact(uri)} failed: {type(err).__name__}: "
-                       f"{' '.join(str(err).split())[:300]}") from None
+    """One MLflow run per configuration in ``experiment`` (through a writer process); returns the tracking URI."""
+    from bench.tracking import TrackingWriter, check_tracking_uri, environment_tags, redact_url, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    writer = TrackingWriter(uri)
+    for r in results:
+        cal = calibration.get(r.device)
+        tags = {**environment_tags(r.device), "loop": r.loop, "benchmark": r.name}
+        with writer.start_run(experiment, r.name, tags=tags) as tracker:
+            tracker.log_params({"variant": r.variant, "dataset": r.dataset, "batch_size": r.batch_size,
+                                "device": r.device, "loop": r.loop, "mode": r.mode, "compile": r.compile,
+                                "amp": r.amp, "cuda_graphs": r.cuda_graphs, "adam": r.adam,
+                                "steps_per_block": r.steps_per_block, "repeats": r.repeats,
+                                "peak_mem_source": r.peak_mem_source,
+                                "calibration_workload": cal["workload"] if cal else "none"})
+            metrics = {"median_ms": r.median_ms, "iqr_ms": r.iqr_ms, "samples_per_s": r.samples_per_s,
+                       "peak_mem_mb": r.peak_mem_mb, "tflops": r.tflops, "flops_per_step": float(r.flops_per_step)}
+            if r.speedup is not None:
+                metrics["speedup"] = r.speedup
+            if r.normalised is not None:
+                metrics["normalised"] = r.normalised
+                metrics["calibration_ms"] = cal["median_ms"]
+            tracker.log_metrics(metrics)
+    note = writer.close()
+    if writer.errors:  # the JSON is written already
+        raise CLIError(f"MLflow logging to {redact_url(uri)} failed: {writer.errors[0]}")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return uri
 
 

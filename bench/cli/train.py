@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from bench.cli.arguments import (
 from bench.errors import CLIError
 
 if TYPE_CHECKING:  # torch and the harness load when a command runs, not for --help
-    from bench.tracking import TrackingProcess
+    from bench.tracking import RunHandle, TrackingWriter
 
 
 def configs_from_args(args: argparse.Namespace, data):
@@ -51,20 +50,20 @@ def data_options(args: argparse.Namespace, data) -> dict:
             "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
 
 
-def start_tracking(tracking: "TrackingProcess", args: argparse.Namespace, model_cfg, train_cfg, data, run_name: str,
-                   **tags) -> tuple[dict, list]:
-    """Have ``tracking`` create the run: its tags (:func:`bench.tracking.run_tags`), the resolved
-    configuration as params (:func:`bench.tracking.config_params`) and the splits as dataset inputs.
-    Returns (params, dataset inputs)."""
-    from bench.tracking import config_params, resolve_tracking_uri, run_tags
+def start_tracking(writer: "TrackingWriter", args: argparse.Namespace, model_cfg, train_cfg, data, run_name: str,
+                   **tags) -> tuple["RunHandle", dict, list]:
+    """Have ``writer`` create the run: its tags (:func:`bench.tracking.run_tags`), the resolved configuration
+    as params (:func:`bench.tracking.config_params`) and the splits as dataset inputs. Returns (the run,
+    params, dataset inputs); nothing waits for the store."""
+    from bench.tracking import config_params, run_tags
     from bench.tracking.dataset_inputs import dataset_inputs
 
     params = config_params(model_cfg, train_cfg, data_options(args, data))
-    tracking.start_run(resolve_tracking_uri(args.tracking_uri), args.experiment, run_name,
-                       tags=run_tags(model_cfg, data, train_cfg.resolve_device(), **tags), params=params)
+    run = writer.start_run(args.experiment, run_name, tags=run_tags(model_cfg, data, train_cfg.resolve_device(), **tags))
+    run.log_params(params)
     inputs = dataset_inputs(data)
-    tracking.log_datasets(inputs)
-    return params, inputs
+    run.log_datasets(inputs)
+    return run, params, inputs
 
 
 def format_row(values: list, widths: list[int]) -> str:
@@ -88,39 +87,9 @@ class EpochTable:
         tqdm.write(row, file=self.stream)
 
 
-class RunCheckpointSink:
-    """``fit``'s checkpoint sink for a train run: :class:`bench.tracking.checkpoints.RunCheckpoints` keyed
-    by the run's id (``run/<run id>``), once the tracking process has reported it."""
-
-    WAIT_S = 10.0  # longest wait for the run id at the first checkpoint (s); the run exists long before
-
-    def __init__(self, tracking: "TrackingProcess") -> None:
-        self.tracking = tracking
-        self.checkpoints = None
-
-    def __call__(self, epoch: int, state: dict) -> None:
-        import time
-
-        from bench.tracking.checkpoints import RunCheckpoints
-        from bench.training.checkpoint_store import run_key
-
-        if self.checkpoints is None:
-            deadline = time.monotonic() + self.WAIT_S
-            while self.tracking.run_id is None and time.monotonic() < deadline and self.tracking.error is None:
-                time.sleep(0.01)
-            if self.tracking.run_id is None:
-                return  # no run (yet): nothing to key it by; the next checkpoint tries again
-            self.checkpoints = RunCheckpoints(run_key(self.tracking.run_id), self.tracking)
-        self.checkpoints(epoch, state)
-
-    def remove(self) -> None:
-        if self.checkpoints is not None:
-            self.checkpoints.remove()
-
-
 def spare_a_core(model) -> None:
     """On the CPU, one torch thread fewer (if it has more than one): the test metrics of a tracked run
-    are computed while the tracking process draws the figures and writes the model. With every core
+    are computed while the writer process draws the figures and writes the model. With every core
     busy (torch's OpenMP threads spin between kernels) that niced process would wait for the training
     process to finish, and all its work would add to the run's wall time. The default MLP on digits
     computes its test metrics as fast on one thread as on two (0.35 s, 2-core VM). The caller restores
@@ -134,18 +103,15 @@ def spare_a_core(model) -> None:
 
 def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
     """The checkpoint of run ``args.resume`` to continue (local, else its MLflow artifact), or None;
-    why not, in one line on stderr. Returns (state or None, the local RunCheckpoints of that run)."""
+    why not, in one line on stderr. Returns (state or None, the RunCheckpoints of that run)."""
+    from bench.tracking import resolve_tracking_uri
     from bench.tracking.checkpoints import RunCheckpoints
     from bench.training.checkpoint_store import run_key
     from bench.training.loop import run_fingerprint
 
-    client = None
-    if not args.no_track:
-        from bench.tracking import make_client, resolve_tracking_uri
-
-        client = make_client(resolve_tracking_uri(args.tracking_uri))
-    old = RunCheckpoints(run_key(args.resume), client=client, earlier_runs=[args.resume])
-    found = old.find(run_fingerprint(model_cfg, train_cfg, data), train_cfg.epochs, client=client,
+    old = RunCheckpoints(run_key(args.resume), earlier_runs=[args.resume])
+    found = old.find(run_fingerprint(model_cfg, train_cfg, data), train_cfg.epochs,
+                     tracking_uri=None if args.no_track else resolve_tracking_uri(args.tracking_uri),
                      dead_run_id=args.resume)
     if found.state is None:
         print(f"--resume {args.resume}: {found.message or 'no checkpoint of that run; starting at epoch 1'}",
@@ -156,15 +122,16 @@ def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train, print the table and final metrics; with tracking, log the run from a tracking process.
+    """Train, print the table and final metrics; with tracking, log the run through the writer process.
 
-    The tracking process (:mod:`bench.tracking.process`) starts first, before this process imports
-    torch, so that importing MLflow, opening the store and the tracking process's warm-ups overlap
-    importing torch and loading the data, not training. A store that cannot be opened stops the
-    command at the next epoch with a one-line error (exit 2); a tracking failure after the run exists
-    lets training finish, print and write its results, then fails the same way.
+    The writer (:mod:`bench.tracking.writer`) starts first, before this process imports torch, so that
+    importing MLflow and opening the store overlap importing torch and loading the data. Nothing waits
+    for the store until the end, and then at most :data:`bench.tracking.FLUSH_BOUND_S`: what is not
+    written by then stays spooled. A store that cannot be used at all stops the command at the next
+    epoch with a one-line error (exit 2); a write that fails for good lets training finish and print its
+    results, then fails the same way.
     """
-    from bench.tracking import TrackingProcess
+    from bench.tracking import TrackingWriter, check_tracking_uri, resolve_tracking_uri
     from models.config import VARIANTS, ConfigError
 
     if args.variant not in VARIANTS:
@@ -173,15 +140,20 @@ def run_train(args: argparse.Namespace) -> int:
         check_writable(args.metrics_json, "--metrics-json")
     if args.checkpoint_every < 0:
         raise CLIError(f"--checkpoint-every {args.checkpoint_every}: must be an integer >= 0 (epochs; 0: never)")
-    tracking = None if args.no_track else TrackingProcess()
-    resume, resumed = None, None
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if not args.no_track:
+        check_tracking_uri(uri)
+    writer = None if args.no_track else TrackingWriter(uri)
+    resume, resumed, run = None, None, None
     try:
         from bench.data import dataset_slug
         from bench.evaluation import collapse_note
-        from bench.tracking import log_fit, log_trained, resolve_tracking_uri, ui_hint
+        from bench.tracking import NullTracker, TrackingError, log_fit, log_trained, ui_hint
+        from bench.tracking.checkpoints import RunCheckpoints
         import torch
 
         from bench.training import fit
+        from bench.training.checkpoint_store import run_key
 
         data = load_data_from_args(args)
         model_cfg, train_cfg = configs_from_args(args, data)
@@ -191,46 +163,49 @@ def run_train(args: argparse.Namespace) -> int:
         if args.resume:
             resume, resumed = find_resume(args, model_cfg, train_cfg, data)
         tags = {"resumed_from_epoch": resume["epoch"], "resumed_from_run": args.resume} if resume else {}
-        if tracking:
-            params, inputs = start_tracking(tracking, args, model_cfg, train_cfg, data,
-                                            f"{model_cfg.variant}-{dataset_slug(data.name)}", command="train", **tags)
+        if writer:
+            run, params, inputs = start_tracking(writer, args, model_cfg, train_cfg, data,
+                                                 f"{model_cfg.variant}-{dataset_slug(data.name)}", command="train",
+                                                 **tags)
     except BaseException:
-        if tracking:
-            tracking.abandon()
+        if writer:
+            writer.abandon()
         raise
+    tracker = run or NullTracker()
     table = EpochTable()
     for row in resume["history"] if resume else ():  # epochs 1..k into the new run, each step once
         metrics = {k: v for k, v in row.items() if k != "epoch"}
         table(int(row["epoch"]), metrics)
-        if tracking:
-            tracking.log_metrics(metrics, step=int(row["epoch"]))
-    sink = RunCheckpointSink(tracking) if tracking and args.checkpoint_every else None
+        tracker.log_metrics(metrics, step=int(row["epoch"]))
+    # keyed by the run's local id: known now, and the run carries it (tag cvae_bench.run_key)
+    sink = RunCheckpoints(run_key(run.local_id), run, writer=writer) if run and args.checkpoint_every else None
     logged = dict(log_model=not args.no_model, datasets=inputs, params=params,
-                  tags={"variant": model_cfg.variant, "dataset": data.name, "command": "train"}) if tracking else {}
+                  tags={"variant": model_cfg.variant, "dataset": data.name, "command": "train"}) if run else {}
 
     def hand_over(trained) -> None:
-        """Training is over (the tracking process wakes and writes what it held), and the figures and
-        the pending model go to the tracking process before the test metrics are computed: it draws
-        and writes them meanwhile, on the core :func:`spare_a_core` leaves it."""
-        tracking.release()
-        log_trained(tracking, trained, **logged)
+        """Training is over: the figures and the pending model go to the writer before the test metrics are
+        computed; it draws and writes them meanwhile, on the core :func:`spare_a_core` leaves it."""
+        log_trained(run, trained, **logged)
         spare_a_core(trained.model)
 
-    with tracking or contextlib.nullcontext():
-        if tracking:
-            tracking.hold()
-        threads = torch.get_num_threads()
-        try:
-            result = fit(model_cfg, train_cfg, data, callbacks=[table, *filter(None, [tracking])],
-                         progress=not args.no_progress, checkpoint=sink, checkpoint_every=args.checkpoint_every,
-                         resume=resume, on_trained=hand_over if tracking else None)
-        finally:
-            torch.set_num_threads(threads)  # what spare_a_core took
-        if not args.keep_checkpoints:  # a finished run needs none (a killed one keeps its own)
-            for done in filter(None, [sink, resumed]):
-                done.remove()
-        if tracking:
-            log_fit(tracking, result, trained=True, **logged)
+    threads = torch.get_num_threads()
+    try:
+        with tracker:
+            try:
+                result = fit(model_cfg, train_cfg, data, callbacks=[table, *filter(None, [run])],
+                             progress=not args.no_progress, checkpoint=sink, checkpoint_every=args.checkpoint_every,
+                             resume=resume, on_trained=hand_over if run else None)
+            finally:
+                torch.set_num_threads(threads)  # what spare_a_core took
+            if not args.keep_checkpoints:  # a finished run needs none (a killed one keeps its own)
+                for done in filter(None, [sink, resumed]):
+                    done.remove()
+            if run:
+                log_fit(run, result, trained=True, **logged)
+    except BaseException:
+        if writer:
+            _close_quietly(writer)
+        raise
     print("final metrics (nats per example unless named):")
     for key, value in result.final.items():
         print(f"  {key:<22} {value:.4f}")
@@ -243,18 +218,29 @@ def run_train(args: argparse.Namespace) -> int:
             Path(args.metrics_json).write_text(json.dumps(result.final, indent=2) + "\n")
         except OSError as exc:  # the run is still tracked to the end before this is reported
             unwritten = CLIError(f"--metrics-json {args.metrics_json}: cannot write it ({exc.strerror or exc})")
-    if tracking:
-        run_id = tracking.finish()
-        print(f"tracked as MLflow run {run_id} in experiment {args.experiment!r} "
-              f"({ui_hint(resolve_tracking_uri(args.tracking_uri))})")
+    if writer:
+        note = writer.close()
+        if writer.errors:
+            raise TrackingError(f"MLflow run {run.run_id} is incomplete: {writer.errors[0]}")
+        print(f"tracked as MLflow run {run.run_id} in experiment {args.experiment!r} ({ui_hint(uri)})")
         if not args.no_model:
-            print(f"logged model of run {run_id}: `cvae-bench sample --model {run_id} --out samples.png`, "
-                  f"`cvae-bench evaluate --model {run_id} --dataset {args.dataset}`")
-        if tracking.note:
-            print(f"note: {tracking.note}", file=sys.stderr)
+            print(f"logged model of run {run.run_id}: `cvae-bench sample --model {run.run_id} --out samples.png`, "
+                  f"`cvae-bench evaluate --model {run.run_id} --dataset {args.dataset}`")
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     if unwritten:
         raise unwritten
     return 0
+
+
+def _close_quietly(writer: "TrackingWriter") -> None:
+    """Close the writer after a failure (the run is ended already); the failure is the error to report."""
+    try:
+        note = writer.close()
+    except CLIError:
+        return
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -6,7 +6,6 @@
   :func:`~bench.figures.compute.fit_figure_data`;
 - :mod:`bench.figures.draw`: draws them with matplotlib (Agg; the tracking process),
   :func:`~bench.figures.draw.save_png`;
-- :mod:`bench.figures.draw_pool`: draws a run's figures side by side in forked processes.
 
 Importing this package loads neither torch nor matplotlib: the tracking process must never import torch.
 """

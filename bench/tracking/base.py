@@ -1,10 +1,9 @@
 """The one interface every tracker implements, and the tracker that records nothing.
 
-A :class:`Tracker` is what the harness talks to: :class:`bench.tracking.run_tracker.RunTracker`
-(one MLflow run, written in this process), :class:`bench.tracking.process.TrackingProcess` (the
-same run written from a child process, what ``cvae-bench train`` uses) and :class:`NullTracker`
-(``--no-track``). A tracker is also a :func:`bench.training.loop` callback: ``tracker(epoch,
-metrics)`` logs that epoch's metrics with ``step=epoch``.
+A :class:`Tracker` is what the harness talks to: :class:`bench.tracking.writer.RunHandle` (one MLflow
+run, written by the command's writer process) and :class:`NullTracker` (``--no-track``). A tracker is
+also a :func:`bench.training.loop.fit` callback: ``tracker(epoch, metrics)`` logs that epoch's metrics
+with ``step=epoch``.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 @runtime_checkable
 class Tracker(Protocol):
-    """One tracked run. ``run_id`` is None until the store has given the run an id (or never)."""
+    """One tracked run. ``run_id``: the store's id, a local id (``local-...``) until the store has given one,
+    None when nothing is tracked."""
 
     run_id: str | None
 

@@ -2,8 +2,8 @@
 
 :class:`RunCheckpoints` is the ``checkpoint`` sink of :func:`bench.training.loop.fit`: each checkpoint
 is written to the local folder (:mod:`bench.training.checkpoint_store`), then logged through the
-run's tracker as ``checkpoint/state.pt`` (a :class:`bench.tracking.spool.ResilientClient` write, so
-it is spooled while the server is down). :meth:`RunCheckpoints.find` looks for the checkpoint to
+run's tracker as ``checkpoint/state.pt`` (handed to the writer, so it is spooled while the server is
+down; the spool keeps only a run's newest one). :meth:`RunCheckpoints.find` looks for the checkpoint to
 resume from: the local file first (same machine, works with the server down), then the artifact of
 the dead run (another machine). The first that loads, matches the run's fingerprint and is before
 the last epoch wins; every source that fails adds its reason to a one-line message.
@@ -40,13 +40,14 @@ class RunCheckpoints:
     """The checkpoints of one run under local ``key``, also logged through ``tracker`` (None: local only).
 
     ``earlier_runs``: runs whose checkpoint this one continues (a retry chain, a resumed ``train``);
-    :meth:`remove` deletes their ``checkpoint/`` artifacts through ``client`` too.
+    :meth:`remove` deletes their ``checkpoint/`` artifacts through ``writer`` (a
+    :class:`bench.tracking.writer.TrackingWriter`) too.
     """
 
-    def __init__(self, key: str, tracker: Any = None, *, root: Path | None = None, client: Any = None,
+    def __init__(self, key: str, tracker: Any = None, *, root: Path | None = None, writer: Any = None,
                  earlier_runs: Sequence[str] = ()) -> None:
         self.key, self.tracker, self.root = key, tracker, root
-        self.client, self.earlier_runs = client, [r for r in earlier_runs if r]
+        self.writer, self.earlier_runs = writer, [r for r in earlier_runs if r]
         self.path = checkpoint_path(key, root)
         self.written = 0
 
@@ -57,20 +58,21 @@ class RunCheckpoints:
         if self.tracker is not None:
             self.tracker.log_file(str(self.path), ARTIFACT_DIR)
 
-    def find(self, fingerprint: str, epochs: int, *, client: Any = None, dead_run_id: str | None = None) -> Found:
+    def find(self, fingerprint: str, epochs: int, *, tracking_uri: str | None = None,
+             dead_run_id: str | None = None) -> Found:
         """The checkpoint to resume a run of ``epochs`` epochs with ``fingerprint`` from.
 
-        ``client`` (an MlflowClient or ResilientClient) and ``dead_run_id``: where the dead run's
-        artifact is looked for when the local file is absent or unusable.
+        ``tracking_uri`` and ``dead_run_id`` (the store's id or the local id it was recorded under): where
+        the dead run's artifact is looked for when the local file is absent or unusable.
         """
         reasons: list[str] = []
         if self.path.exists():
             found = _try(self.path, "local", fingerprint, epochs, reasons)
             if found:
                 return found
-        if client is not None and dead_run_id:
+        if tracking_uri and dead_run_id:
             with tempfile.TemporaryDirectory(prefix="cvae-bench-ckpt-") as tmp:
-                local = _download(client, dead_run_id, tmp, reasons)
+                local = _download(tracking_uri, dead_run_id, tmp, reasons)
                 if local is not None:
                     found = _try(local, f"run {dead_run_id}", fingerprint, epochs, reasons)
                     if found:
@@ -79,26 +81,21 @@ class RunCheckpoints:
 
     def remove(self) -> bool:
         """Remove the local checkpoint (True if there was one) and the ``checkpoint/`` artifacts of this
-        run (if it wrote any) and of the earlier runs. Deleting artifacts is best effort (see
-        :meth:`bench.tracking.spool.ResilientClient.delete_artifacts`)."""
+        run (if it wrote any) and of the earlier runs. Deleting artifacts is best effort: a store that
+        refuses gets a warning."""
         existed = remove_checkpoint(self.key, self.root)
         if self.tracker is not None and self.written:
             self.tracker.delete_artifacts(ARTIFACT_DIR)
-        if self.client is not None:
-            delete_run_checkpoints(self.client, self.earlier_runs)
+        if self.writer is not None:
+            delete_run_checkpoints(self.writer, self.earlier_runs)
         return existed
 
 
-def delete_run_checkpoints(client: Any, run_ids: Sequence[str]) -> None:
-    """Delete the ``checkpoint/`` artifacts of ``run_ids`` through ``client`` (an MlflowClient or a
-    ResilientClient; runs the server never saw, ``local-`` ids, are skipped)."""
-    from bench.tracking.spool import LOCAL_PREFIX, ResilientClient
-
-    if not isinstance(client, ResilientClient):
-        client = ResilientClient(client=client)
-    for run_id in dict.fromkeys(run_ids):
-        if run_id and not run_id.startswith(LOCAL_PREFIX):
-            client.delete_artifacts(run_id, ARTIFACT_DIR)
+def delete_run_checkpoints(writer: Any, run_ids: Sequence[str]) -> None:
+    """Have ``writer`` (a :class:`bench.tracking.writer.TrackingWriter`) delete the ``checkpoint/`` artifacts of
+    ``run_ids`` (ids of the store, or local ids: the writer finds the run they were recorded for)."""
+    for run_id in dict.fromkeys(r for r in run_ids if r):
+        writer.submit({"op": "delete_artifacts", "run_id": run_id, "artifact_path": ARTIFACT_DIR})
 
 
 def _try(path: Path, source: str, fingerprint: str, epochs: int, reasons: list[str]) -> Found | None:
@@ -111,14 +108,18 @@ def _try(path: Path, source: str, fingerprint: str, epochs: int, reasons: list[s
     return Found(state, source=source)
 
 
-def _download(client: Any, run_id: str, folder: str, reasons: list[str]) -> Path | None:
+def _download(tracking_uri: str, run_id: str, folder: str, reasons: list[str]) -> Path | None:
     """The dead run's ``checkpoint/state.pt``, downloaded into ``folder`` (None if it has none)."""
-    mlflow_client = getattr(client, "client", client)  # a ResilientClient wraps an MlflowClient
+    from bench.tracking.ops import Store
+    from bench.tracking.store import make_client
+
     name = f"{ARTIFACT_DIR}/{ckpt.FILE_NAME}"
     try:
-        if not any(f.path == name for f in mlflow_client.list_artifacts(run_id, ARTIFACT_DIR)):
+        client = make_client(tracking_uri)
+        run_id = Store(client, tracking_uri).real(run_id)  # a local id: the run recorded under it
+        if not any(f.path == name for f in client.list_artifacts(run_id, ARTIFACT_DIR)):
             return None
-        return Path(mlflow_client.download_artifacts(run_id, name, folder))
+        return Path(client.download_artifacts(run_id, name, folder))
     except Exception as exc:  # noqa: BLE001 -- server down, run gone: resume from nothing, say why
         reasons.append(f"run {run_id}'s checkpoint cannot be fetched ({type(exc).__name__}: "
                        f"{' '.join(str(exc).split())[:120]})")

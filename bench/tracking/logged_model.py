@@ -10,8 +10,8 @@ its environment files) rather than by ``mlflow.pyfunc.save_model``: that call fi
 installed distribution to its modules to warn about mismatched requirements, ~1.7 s of CPU per
 process, which is longer than a whole tracked ``train`` on digits is allowed to add.
 
-Everything runs where the run's writes run (:class:`bench.tracking.spool.ResilientClient`): in the
-training process of a study, in the tracking process of ``train``. Neither needs torch for it.
+Everything runs where the runs' writes run: in the writer process (:mod:`bench.tracking.writer`), which
+never imports torch.
 """
 
 from __future__ import annotations
@@ -39,13 +39,6 @@ def pip_requirements(torch_version: str) -> list[str]:
     return [f"torch=={torch_version.split('+')[0]}", "numpy"]
 
 
-def warm_up() -> None:
-    """Import MLflow's model-writing modules now (a tracking process does this while training runs)."""
-    import mlflow.models  # noqa: F401
-    import mlflow.pyfunc  # noqa: F401
-    import mlflow.utils.environment  # noqa: F401
-
-
 def write_model_folder(path: Path, saved_folder: Path, *, model_id: str, artifact_location: str, run_id: str,
                        requirements: Sequence[str]) -> None:
     """An MLflow model folder at ``path``: MLmodel, data/, code/models/, requirements and environment files."""
@@ -67,14 +60,14 @@ def write_model_folder(path: Path, saved_folder: Path, *, model_id: str, artifac
 
 
 def begin_logged_model(client: Any, run_id: str, saved_folder: str | Path, *, step: int, params: Mapping[str, str],
-                       tags: Mapping[str, str], requirements: Sequence[str]) -> str:
+                       tags: Mapping[str, str], requirements: Sequence[str], name: str = MODEL_NAME) -> str:
     """Log ``saved_folder`` as a PENDING logged model of run ``run_id`` (an output of the run at ``step``):
     its files are written, its metrics come with :func:`finish_logged_model`. ``client`` is a plain
     ``MlflowClient``. Returns the model id (``m-...``)."""
     from mlflow.entities import LoggedModelOutput
 
     experiment_id = client.get_run(run_id).info.experiment_id
-    logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
+    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
                                         params=dict(params), tags=dict(tags), model_type=MODEL_TYPE)
     try:
         with tempfile.TemporaryDirectory(prefix="cvae-bench-model-") as tmp:
@@ -107,17 +100,6 @@ def finish_logged_model(client: Any, run_id: str, model_id: str, *, step: int, m
     client.finalize_logged_model(model_id, "READY")
 
 
-def log_logged_model(client: Any, run_id: str, saved_folder: str | Path, *, step: int,
-                     metrics: Mapping[str, float], params: Mapping[str, str], tags: Mapping[str, str],
-                     requirements: Sequence[str], dataset: Mapping[str, str] | None = None) -> str:
-    """:func:`begin_logged_model` and :func:`finish_logged_model` in one: a READY logged model of run
-    ``run_id`` with ``metrics`` linked to it. Returns the model id (``m-...``)."""
-    model_id = begin_logged_model(client, run_id, saved_folder, step=step, params=params, tags=tags,
-                                  requirements=requirements)
-    finish_logged_model(client, run_id, model_id, step=step, metrics=metrics, dataset=dataset)
-    return model_id
-
-
 # --------------------------------------------------------------------------------------------------
 # Finding and loading a logged model
 
@@ -137,6 +119,45 @@ def version_model_id(version: Any) -> str | None:
     source = version.source or ""
     return (version.model_id or (version.tags or {}).get(MODEL_ID_TAG)
             or (source[len("models:/"):] if source.startswith("models:/m-") else None))
+
+
+def register_run_model(client: Any, name: str, run_id: str, *, version_tags: Mapping[str, str],
+                       alias: str | None = None, model_tags: Mapping[str, str] = (), description: str = "") -> str:
+    """Register the logged model of run ``run_id`` under ``name`` (created, with ``model_tags`` and
+    ``description``, if new) unless that model is a version of it already, and point ``alias`` at its
+    version. Returns the version. A run without a READY logged model is a ``LookupError``."""
+    from mlflow.exceptions import MlflowException
+
+    model = find_run_model(client, run_id)
+    if model is None:
+        raise LookupError(f"run {run_id} has no logged model to register (trained with --no-model?)")
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, tags=dict(model_tags), description=description)
+    registered = {version_model_id(v): v.version for v in client.search_model_versions(f"name='{name}'")}
+    version = registered.get(model.model_id)
+    if version is None:
+        version = client.create_model_version(name, source=model.artifact_location, run_id=run_id,
+                                              model_id=model.model_id,
+                                              tags={MODEL_ID_TAG: model.model_id, **version_tags}).version
+        _link_version(client, model, name, str(version))
+    if alias:
+        client.set_registered_model_alias(name, alias, str(version))
+    return str(version)
+
+
+def _link_version(client: Any, model: Any, name: str, version: str) -> None:
+    """Name the version on the logged model (the ``mlflow.modelVersions`` tag ``mlflow.register_model``
+    writes), so that the UI's Models tab shows where each model is registered."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    versions = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    entry = {"name": name, "version": version}
+    if entry not in versions:
+        client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*versions, entry])})
 
 
 def find_run_model(client: Any, run_id: str) -> Any | None:

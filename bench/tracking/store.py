@@ -1,7 +1,9 @@
-"""The one way to open an MLflow tracking store: its URI, a client, an experiment.
+"""The one way to name and open an MLflow tracking store: its URI, how a user opens its UI, a client.
 
-Commands that track pay for MLflow's import (~1 s) only when they open a store: nothing here
-imports it at module level.
+Commands that write runs hand their writes to the writer process (:mod:`bench.tracking.writer`);
+:func:`make_client` is for the commands and steps that read a store (``sample``, ``evaluate``,
+``report``, a resumed run's checkpoint) and for the writer itself. Nothing here imports MLflow at
+module level.
 """
 
 from __future__ import annotations
@@ -17,12 +19,8 @@ from bench.tracking.store_lock import mlflow_schema_lock
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from bench.tracking.spool import ResilientClient
-
 #: MLflow's own default since 3.7; the retired file store (``./mlruns``) is never used.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-#: The experiment tag that makes the MLflow UI show an experiment as model training (not GenAI).
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def redact(text: str | None) -> str:
@@ -63,43 +61,11 @@ def make_client(tracking_uri: str) -> "MlflowClient":
         raise CLIError(f"tracking store {redact(tracking_uri)}: {detail}") from None
 
 
-def open_experiment(tracking_uri: str, experiment: str) -> tuple["ResilientClient", str]:
-    """A spooling client (:class:`bench.tracking.spool.ResilientClient`) on ``tracking_uri`` and the
-    id of ``experiment`` (created if needed).
+def check_tracking_uri(tracking_uri: str) -> None:
+    """What can be told of a tracking URI before the writer opens it: a :class:`CLIError` for an SQLite file
+    whose folder does not exist (MLflow would fail with "unable to open database file")."""
+    from bench.tracking.store_lock import sqlite_file
 
-    The store must answer now: an unreachable or unusable tracking store is a one-line
-    :class:`CLIError` (password masked). Later outages are spooled, not raised.
-    """
-    from mlflow.exceptions import MlflowException
-
-    from bench.tracking.spool import ResilientClient
-
-    try:
-        client = ResilientClient(tracking_uri, client=make_client(tracking_uri))
-        return client, experiment_id(client, experiment)
-    except (MlflowException, OSError) as exc:
-        detail = redact(" ".join(str(exc).split()))[:300]
-        raise CLIError(f"tracking store {redact(tracking_uri)}: {detail}") from None
-
-
-def experiment_id(client: "ResilientClient | MlflowClient", name: str) -> str:
-    """Id of the experiment ``name``, created (or restored, if deleted) when needed, and tagged as a
-    model-training experiment (:data:`EXPERIMENT_KIND`: the MLflow UI then opens its training view).
-
-    Needs the store to answer: experiments are not spooled.
-    """
-    from mlflow.exceptions import MlflowException
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
-        except MlflowException:  # another process created it between the two calls
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-    if experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-    if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
-    return experiment.experiment_id
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.expanduser().parent.is_dir():
+        raise CLIError(f"tracking store {redact(tracking_uri)}: folder {db.expanduser().parent} does not exist")

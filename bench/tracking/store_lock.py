@@ -9,13 +9,15 @@ leave a broken database. The lock needs no service of its own:
   if the worker dies;
 - MySQL storage: ``GET_LOCK`` / ``RELEASE_LOCK``, likewise tied to the session;
 - SQLite and journal files (one machine): ``fcntl.flock`` on ``<file>.<key>.lock`` beside the file,
-  released by the kernel if the worker dies;
+  released by the kernel if the worker dies; the file is removed when the lock is released (a
+  finished command leaves no lock file behind);
 - in-memory storage (one process): a threading lock.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import hashlib
 import threading
 from contextlib import AbstractContextManager, nullcontext
@@ -58,18 +60,30 @@ class StoreLock:
 
 
 class FileLock(StoreLock):
+    """``flock`` on a lock file that exists only while someone holds or waits for it: the holder removes it
+    when it releases. A waiter that then gets the lock on the removed file sees that the path no longer
+    names its file and tries again, so two processes never both hold the lock."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh = None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        self._fh = fh
+        while True:
+            fh = open(self.path, "a+")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino:
+                    self._fh = fh
+                    return
+            except FileNotFoundError:
+                pass
+            fh.close()  # the holder before removed it: lock the file at the path now
 
     def release(self) -> None:
         if self._fh is not None:
+            self.path.unlink(missing_ok=True)  # while still held: a waiter on it then tries again
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None

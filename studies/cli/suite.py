@@ -34,7 +34,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
 def run_suite(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from bench.tracking import redact, resolve_tracking_uri, ui_hint
+    from bench.tracking import TrackingWriter, check_tracking_uri, redact, resolve_tracking_uri, ui_hint
     from studies.runner import load_data, run_study
     from studies.storage import dashboard_hint
     from studies.suite import SUMMARY_COLUMNS, collapse_notes, format_table, log_summary, summary_row
@@ -45,31 +45,42 @@ def run_suite(args: argparse.Namespace) -> int:
           f"{config.epochs} epochs per variant, objective {config.objective}; studies in {redact(config.storage)}",
           flush=True)
     start = time.perf_counter()
-    data = load_data(specs[0])
-    rows = []
-    for spec in specs:
-        print(f"\n== {spec.variant}: study {spec.name!r}", flush=True)
-        outcome = run_study(spec, data, progress=not args.no_progress)
-        c = outcome.counts
-        print(f"{spec.name}: {c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed; "
-              f"ran {outcome.ran} trials in {outcome.seconds:.1f} s", flush=True)
-        for note in outcome.notes:
-            print(f"note: {note}", flush=True)
-        rows.append(summary_row(spec, outcome))
-    frame = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, "mlflow_run_id"])
-    table = format_table(frame[list(SUMMARY_COLUMNS)])
-    print(f"\nbest trial per variant on {data.name} (nats per example; test_cond_acc: fraction; "
-          f"suite took {time.perf_counter() - start:.0f} s):")
-    print(table)
-    for note in collapse_notes(frame):
-        print(f"note: {note}")
+    uri = resolve_tracking_uri(config.tracking_uri)
     if config.track:
-        run_id = log_summary(config, frame, table)
-        uri = resolve_tracking_uri(config.tracking_uri)
-        print(f"summary logged to MLflow run {run_id} (experiment {config.experiment!r})")
+        check_tracking_uri(uri)
+    writer = TrackingWriter(uri, sync=True) if config.track else None  # one writer for every study
+    try:
+        data = load_data(specs[0])
+        rows = []
+        for spec in specs:
+            print(f"\n== {spec.variant}: study {spec.name!r}", flush=True)
+            outcome = run_study(spec, data, progress=not args.no_progress, writer=writer)
+            c = outcome.counts
+            print(f"{spec.name}: {c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, "
+                  f"{c.get('FAIL', 0)} failed; ran {outcome.ran} trials in {outcome.seconds:.1f} s", flush=True)
+            for note in outcome.notes:
+                print(f"note: {note}", flush=True)
+            row = summary_row(spec, outcome)
+            if writer:  # the store's id, if the run's local id is known by now
+                row["mlflow_run_id"] = writer.run_id(row["mlflow_run_id"])
+            rows.append(row)
+        frame = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, "mlflow_run_id"])
+        table = format_table(frame[list(SUMMARY_COLUMNS)])
+        print(f"\nbest trial per variant on {data.name} (nats per example; test_cond_acc: fraction; "
+              f"suite took {time.perf_counter() - start:.0f} s):")
+        print(table)
+        for note in collapse_notes(frame):
+            print(f"note: {note}")
+        summary = log_summary(writer, config, frame, table) if writer else None
+    finally:
+        note = writer.close() if writer else None
+    if summary is not None:
+        print(f"summary logged to MLflow run {summary.run_id} (experiment {config.experiment!r})")
         print(f"open the results: {ui_hint(uri)}   |   {dashboard_hint(config.storage)}")
     else:
         print(f"open the studies: {dashboard_hint(config.storage)}")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     sys.stdout.flush()
     return 0
 

@@ -17,7 +17,7 @@ import torch
 from optuna.trial import FixedTrial, TrialState
 
 from bench import TrainConfig, fit, model_config
-from bench.tracking import make_client
+from bench.tracking import TrackingWriter, make_client
 from bench.training.checkpoint_store import checkpoint_path, checkpoint_root, trial_key
 from studies.cli import main
 from studies.runner import load_data
@@ -189,11 +189,14 @@ def test_a_rerun_removes_the_checkpoints_of_trials_whose_retries_ran_out(tmp_pat
     failed.set_user_attr("checkpoint_runs", runs)
     running = study.ask()
 
-    assert not remove_finished_checkpoints(study, "t-gone", client)  # a trial still runs: it may need them
+    writer = TrackingWriter(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not remove_finished_checkpoints(study, "t-gone", writer)  # a trial still runs: it may need them
+    assert writer.flush() is None
     assert local.exists() and all(client.list_artifacts(r, "checkpoint") for r in runs)
     study.tell(failed, state=TrialState.FAIL)
     study.tell(running, 1.0)
-    assert remove_finished_checkpoints(study, "t-gone", client)
+    assert remove_finished_checkpoints(study, "t-gone", writer)
+    assert writer.close() is None
     assert not local.exists()
     for run_id in runs:
         assert client.list_artifacts(run_id, "checkpoint") == [], run_id

@@ -1,8 +1,10 @@
-"""MLflow tracking of single runs: RunTracker, the train command's logging, redaction (figures: tests/bench/figures)."""
+"""MLflow tracking of runs: the writer process and its RunHandle, the train command's logging, redaction
+(figures: tests/bench/figures; outages and the spool: test_spool.py, test_outages.py)."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from matplotlib.figure import Figure
@@ -10,42 +12,39 @@ from matplotlib.figure import Figure
 from bench.figures.kinds import FIGURE_FILES
 from bench.tracking import (
     DEFAULT_TRACKING_URI,
-    MAX_PARAMS_PER_BATCH,
+    RUN_KEY_TAG,
     NullTracker,
-    RunTracker,
+    RunHandle,
+    TrackingWriter,
     config_params,
     make_client,
     redact,
     resolve_tracking_uri,
     ui_hint,
 )
-from bench.tracking import experiment_id as tracking_experiment_id
+from bench.tracking.ops import MAX_PARAMS_PER_BATCH
+
+WAIT_S = 120  # the writer's work, on a slow CI machine
 
 
 @pytest.fixture
-def client(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # artifacts of sqlite stores land in ./mlruns
-    return make_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def store(tmp_path, monkeypatch):
+    """An SQLite tracking store in a fresh folder (artifacts land in ./mlruns there): (uri, client)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, make_client(uri)
 
 
 @pytest.fixture
-def experiment_id(client):
-    return tracking_experiment_id(client, "tests")
+def writer(store):
+    w = TrackingWriter(store[0])
+    yield w
+    if not w.closed:
+        w.close(WAIT_S)
 
 
-class RecordingTracker(RunTracker):
-    """Records every call that passes the write seam; ``inside`` is True while one runs."""
-
-    seam_calls: list[str] = []
-    inside = False
-
-    def _write(self, method, *args, **kwargs):
-        RecordingTracker.seam_calls.append(method)
-        RecordingTracker.inside = True
-        try:
-            return super()._write(method, *args, **kwargs)
-        finally:
-            RecordingTracker.inside = False
+def runs_of(client, experiment: str):
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id], order_by=["start_time ASC"])
 
 
 # -- URIs and redaction --------------------------------------------------------------------------
@@ -85,22 +84,15 @@ def test_an_unusable_tracking_uri_is_one_line_and_exit_2(tmp_path, monkeypatch, 
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"cvae-bench {argv[0]}: error:"), err
 
 
-# -- RunTracker ----------------------------------------------------------------------------------
+# -- the writer ------------------------------------------------------------------------------------
 
-def test_run_tracker_logs_batches_through_one_seam(client, experiment_id, monkeypatch):
-    RecordingTracker.seam_calls = []
-    direct: list[tuple[str, bool]] = []
-    for name in ("create_run", "log_batch", "log_artifact", "set_terminated", "update_run", "set_tag"):
-        original = getattr(client, name)
-
-        def spy(*args, _name=name, _original=original, **kwargs):
-            direct.append((_name, RecordingTracker.inside))
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(client, name, spy)
-
+def test_a_run_written_through_the_writer_has_everything_in_order(writer, store):
+    """Params (several requests), epochs held back and sent together, a figure, a text, tags; the run
+    carries its local id as its run key; nothing a call made waited for the store."""
+    uri, client = store
     params = {f"p{i}": i for i in range(MAX_PARAMS_PER_BATCH * 2 + 5)}  # three requests
-    with RecordingTracker.start(client, experiment_id, "r", tags={"variant": "cvae"}) as run:
+    with writer.start_run("tests", "r", tags={"variant": "cvae", "url": "http://u:hunter2@host"}) as run:
+        assert run.run_id.startswith("local-")  # nothing waits for the store to create it
         run.log_params(params)
         for epoch in (1, 2, 3):
             run(epoch, {"val_recon": 10.0 / epoch, "val_kl": float(epoch)})
@@ -108,67 +100,159 @@ def test_run_tracker_logs_batches_through_one_seam(client, experiment_id, monkey
         fig.add_subplot().plot([0, 1])
         run.log_figure(fig, "figures/x.png")
         run.log_text("a,b\n1,2\n", "table.csv")
-    assert direct and all(inside for _, inside in direct)  # no write bypassed the seam
-    assert RecordingTracker.seam_calls == ["create_run", "log_batch", "log_batch", "log_batch", "log_batch",
-                                           "log_artifact", "log_artifact", "set_terminated"]
-    assert [n for n, _ in direct].count("log_batch") == 3 + 3  # 3 param requests + one per epoch
-
+    assert writer.close(WAIT_S) is None and not writer.errors
+    assert not run.run_id.startswith("local-")
     got = client.get_run(run.run_id)
-    assert got.info.status == "FINISHED"
+    assert got.info.status == "FINISHED" and got.info.run_name == "r"
     assert got.data.params == {k: str(v) for k, v in params.items()}
-    assert got.data.tags["variant"] == "cvae"
+    assert got.data.tags["variant"] == "cvae" and got.data.tags[RUN_KEY_TAG] == run.local_id
+    assert got.data.tags["url"] == "http://u:***@host"
     history = client.get_metric_history(run.run_id, "val_recon")
     assert [m.step for m in history] == [1, 2, 3]
     assert [m.value for m in history] == pytest.approx([10.0, 5.0, 10.0 / 3])
     assert {a.path for a in client.list_artifacts(run.run_id, "figures")} == {"figures/x.png"}
     assert {a.path for a in client.list_artifacts(run.run_id)} >= {"table.csv", "figures"}
+    experiment = client.get_experiment(got.info.experiment_id)
+    assert experiment.name == "tests" and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_run_tracker_context_ends_failed_with_reason(client, experiment_id):
+def test_epoch_metrics_are_held_back_and_sent_with_the_next_other_write(monkeypatch):
+    """The training process hands the writer its epochs at most every METRICS_INTERVAL_S, in order with
+    everything else (a fake writer records what reaches it)."""
+    import bench.tracking.writer as writer_module
+
+    class Recorder:
+        def __init__(self):
+            self.records = []
+
+        def submit(self, record):
+            self.records.append(record)
+
+        def run_id(self, local):
+            return local
+
+        def raise_if_fatal(self):
+            pass
+
+    monkeypatch.setattr(writer_module, "METRICS_INTERVAL_S", 3600.0)
+    recorder = Recorder()
+    run = RunHandle(recorder, "local-x", "r")
+    for epoch in (1, 2, 3):
+        run(epoch, {"val_kl": float(epoch)})
+    assert recorder.records == []
+    run.set_tags({"a": 1})
+    assert [r["op"] for r in recorder.records] == ["log_batch", "log_batch"]
+    assert [row[3] for row in recorder.records[0]["metrics"]] == [1, 2, 3]
+    assert recorder.records[1]["tags"] == [["a", "1"]]
+    monkeypatch.setattr(writer_module, "METRICS_INTERVAL_S", 0.0)
+    run(4, {"val_kl": 4.0})
+    assert recorder.records[-1]["metrics"][0][3] == 4
+
+
+def test_a_run_that_raises_ends_failed_with_the_reason_redacted(writer, store):
     with pytest.raises(RuntimeError):
-        with RunTracker.start(client, experiment_id, "boom") as run:
+        with writer.start_run("tests", "boom") as run:
             raise RuntimeError("exploded at http://u:hunter2@host")
-    got = client.get_run(run.run_id)
+    writer.close(WAIT_S)
+    got = store[1].get_run(run.run_id)
     assert got.info.status == "FAILED"
     assert got.data.tags["end_reason"] == "RuntimeError: exploded at http://u:***@host"
 
 
-def test_a_pending_model_is_ready_once_its_metrics_come_and_failed_if_the_run_ends_first(client, experiment_id,
+def test_a_pending_model_is_ready_once_its_metrics_come_and_failed_if_the_run_ends_first(writer, store,
                                                                                          saved_model):
-    def model_of(run):
-        (model,) = client.search_logged_models(experiment_ids=[experiment_id],
-                                               filter_string=f"source_run_id = '{run.run_id}'")
-        return str(model.status).rpartition(".")[2], {m.key: (m.value, m.dataset_name) for m in model.metrics or ()}
-
-    finished = RunTracker.start(client, experiment_id, "finished")
-    finished.log_model(str(saved_model("a")), step=2, metrics=None, params={"lr": "0.1"}, tags={},
+    client = store[1]
+    finished = writer.start_run("tests", "cvae-digits")
+    handed_over = saved_model("a")
+    finished.log_model(str(handed_over), step=2, metrics=None, params={"lr": "0.1"}, tags={},
                        requirements=["torch"], dataset={"name": "digits", "digest": "ab12"})
-    assert model_of(finished) == ("PENDING", {})
     finished.log_model_metrics({"test_kl": 1.25})
     finished.end("FINISHED")
-    assert model_of(finished) == ("READY", {"test_kl": (1.25, "digits")})
-    assert client.get_metric_history(finished.run_id, "test_kl")[0].step == 2
-
-    failed = RunTracker.start(client, experiment_id, "failed")
+    failed = writer.start_run("tests", "failed")
     failed.log_model(str(saved_model("b")), step=1, metrics=None, params={}, tags={}, requirements=["torch"])
     with pytest.raises(RuntimeError, match="no logged model is pending"):
-        RunTracker.start(client, experiment_id, "none").log_model_metrics({"test_kl": 1.0})
+        writer.start_run("tests", "none").log_model_metrics({"test_kl": 1.0})
     failed.end("FAILED", "the test metrics were NaN")
-    assert model_of(failed) == ("FAILED", {})
+    writer.close(WAIT_S)
+
+    def model_of(run):
+        (model,) = client.search_logged_models(experiment_ids=[client.get_run(run.run_id).info.experiment_id],
+                                               filter_string=f"source_run_id = '{run.run_id}'")
+        return (model.name, str(model.status).rpartition(".")[2],
+                {m.key: (m.value, m.dataset_name) for m in model.metrics or ()})
+
+    assert model_of(finished) == ("cvae-digits", "READY", {"test_kl": (1.25, "digits")})  # named after its run
+    assert client.get_metric_history(finished.run_id, "test_kl")[0].step == 2
+    assert model_of(failed) == ("failed", "FAILED", {})
+    assert not handed_over.exists()  # handed over: the writer removed the folder once it was written
 
 
-def test_child_run_and_reopen(client, experiment_id):
-    parent = RunTracker.start(client, experiment_id, "parent")
+def test_child_runs_and_a_reused_parent(writer, store):
+    client = store[1]
+    parent = writer.start_run("tests", "parent")
     parent.end("FINISHED")
-    child = RunTracker.start(client, experiment_id, "child", parent_run_id=parent.run_id)
+    child = writer.start_run("tests", "child", parent=parent.local_id)  # the parent's local id is enough
     child.end("KILLED", "pruned at epoch 1")
+    writer.flush(WAIT_S)
+    again = writer.start_run("tests", "parent", reuse=parent.run_id)  # a rerun's parent: the same run, RUNNING
+    gone = writer.start_run("tests", "parent", reuse="0123456789abcdef0123456789abcdef")  # not in the store: new
+    writer.close(WAIT_S)
     assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
     assert client.get_run(child.run_id).info.status == "KILLED"
-    RunTracker.reopen(client, parent.run_id)
-    assert client.get_run(parent.run_id).info.status == "RUNNING"
+    assert again.run_id == parent.run_id and client.get_run(parent.run_id).info.status == "RUNNING"
+    assert gone.run_id not in (parent.run_id, "0123456789abcdef0123456789abcdef")
     with pytest.raises(ValueError):
         child.ended = False
         child.end("DONE")
+
+
+def test_a_write_that_fails_for_good_is_reported_and_the_rest_is_written(writer, store, capsys):
+    run = writer.start_run("tests", "r")
+    run.log_params({"lr": 0.1})
+    run.log_params({"lr": 0.2})  # MLflow refuses to change a param: that write alone fails
+    run.log_metrics({"loss": 1.0}, step=1)
+    run.end("FINISHED")
+    writer.close(WAIT_S)
+    assert len(writer.errors) == 1 and "lr" in writer.errors[0]
+    got = store[1].get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.params == {"lr": "0.1"} and got.data.metrics == {"loss": 1.0}
+
+
+def test_a_store_that_cannot_be_used_stops_a_fit_at_its_next_epoch(tmp_path):
+    from bench.tracking import TrackingStoreError
+
+    w = TrackingWriter("foo://u:s3cret@host/x")
+    run = w.start_run("tests", "r")
+    deadline = time.monotonic() + WAIT_S
+    while w.fatal is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(TrackingStoreError, match=r"foo://u:\*\*\*@host") as raised:
+        run(1, {"loss": 1.0})
+    assert "s3cret" not in str(raised.value)
+    with pytest.raises(TrackingStoreError):
+        w.close(WAIT_S)
+
+
+def test_runs_left_open_by_a_command_that_died_end_killed(store):
+    """The writer reads what the command sent until its end of input, then ends the runs it left open."""
+    w = TrackingWriter(store[0])
+    run = w.start_run("tests", "orphan")
+    run.log_metrics({"loss": 1.0}, step=1)
+    run._send_rows()
+    w._outbox.put(None)  # the command's end of input, as when it is killed: no "close"
+    w.proc.wait(WAIT_S)
+    (got,) = runs_of(store[1], "tests")
+    assert got.info.status == "KILLED" and "exited before ending it" in got.data.tags["end_reason"]
+    assert got.data.metrics == {"loss": 1.0}
+
+
+def test_an_abandoned_writer_creates_no_run(tmp_path):
+    """``train`` abandons its writer when an option turns out bad before the run is made."""
+    w = TrackingWriter(f"sqlite:///{tmp_path / 'm.db'}")
+    w.abandon()
+    assert w.proc.returncode is not None
+    if (tmp_path / "m.db").exists():  # the writer may have opened the store first
+        assert [e.name for e in make_client(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()] == ["Default"]
 
 
 def test_config_params_are_flat_and_collisions_are_refused(digits):
@@ -183,16 +267,16 @@ def test_config_params_are_flat_and_collisions_are_refused(digits):
 
 
 def test_every_tracker_implements_the_tracker_interface():
-    """RunTracker, TrackingProcess and NullTracker all have every method of the Tracker protocol, with
-    the protocol's parameters (the harness talks to Tracker only)."""
+    """RunHandle and NullTracker both have every method of the Tracker protocol, with the protocol's
+    parameters (the harness talks to Tracker only)."""
     import inspect
 
-    from bench.tracking import Tracker, TrackingProcess
+    from bench.tracking import Tracker
 
     members = [name for name, value in vars(Tracker).items() if callable(value) and not name.startswith("_")]
     members.append("__call__")
     assert {"log_params", "log_metrics", "set_tags", "log_figures", "log_text", "end"} <= set(members)
-    for cls in (RunTracker, TrackingProcess, NullTracker):
+    for cls in (RunHandle, NullTracker):
         for name in members:
             method = getattr(cls, name, None)
             assert callable(method), f"{cls.__name__}.{name}"
