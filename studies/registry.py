@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.tracking import LOCAL_PREFIX
 from studies.spec import StudySpec
 
 ALIAS = "best"
@@ -120,6 +121,15 @@ def record_run_ids(study: optuna.Study, ids: Mapping[str, str], parent: str | No
     stored = study.user_attrs.get("mlflow_parent_run_id")
     if parent in ids and run_id_of(study, stored) != ids[parent]:
         study.set_user_attr("mlflow_parent_run_id", ids[parent])
+
+
+def unresolved_run_ids(study: optuna.Study) -> list[str]:
+    """The local ids the study's trials (and its parent) hold that :data:`RUN_IDS_ATTR` does not map yet."""
+    known = study.user_attrs.get(RUN_IDS_ATTR, {})
+    recorded = {study.user_attrs.get("mlflow_parent_run_id")}
+    for trial in study.get_trials(deepcopy=False):
+        recorded |= {trial.user_attrs.get("mlflow_run_id"), *trial.user_attrs.get("checkpoint_runs", [])}
+    return sorted(r for r in recorded if r and r.startswith(LOCAL_PREFIX) and r not in known)
 
 
 def run_id_of(study: optuna.Study, run_id: str | None) -> str | None:

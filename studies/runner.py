@@ -36,7 +36,14 @@ from bench.tracking.dataset_inputs import dataset_inputs
 from bench.tracking.ops import now_ms
 from studies.lock import study_lock
 from studies.objective import ChildRuns, Objective, TrialSettings
-from studies.registry import ALIAS, Registration, record_run_ids, register_study_models, run_id_of
+from studies.registry import (
+    ALIAS,
+    Registration,
+    record_run_ids,
+    register_study_models,
+    run_id_of,
+    unresolved_run_ids,
+)
 from studies.spec import Role, StudySpec, attr_name, fields_of, setting_of, settings_from_attrs, study_attrs
 from studies.storage import dashboard_hint, is_journal, normalize_url, open_storage, retry_stale_trial
 from studies.trial_loop import FINISHED, count_trials, run_until_total
@@ -227,6 +234,8 @@ class StudyRun:
             with study_lock(lock_url, spec.name):  # one study and one parent run, even when workers start together
                 study = self._open_study(storage)
                 parent = self._open_parent(study) if spec.track else None
+            if parent is not None and (unresolved := unresolved_run_ids(study)):  # runs of an earlier outage
+                self.writer.submit({"op": "resolve", "ids": unresolved})
         except BaseException:
             if self.writer is not None and self.own_writer:
                 self.writer.abandon()

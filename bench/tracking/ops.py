@@ -188,6 +188,17 @@ class Store:
                 self.client.set_tag(run_id, key, value)
             self._set_terminated({**r, "run_id": run_id})
 
+    def _resolve(self, r: dict[str, Any]) -> dict[str, str]:
+        """The store's ids of local ids other processes recorded (their writes sent since, by them or by
+        ``cvae-bench sync``); those the store has no run for are left out."""
+        found = {}
+        for local in r["ids"]:
+            try:
+                found[local] = self.real(local)
+            except Unresolved:
+                pass
+        return found
+
     # -- artifacts, inputs, models -------------------------------------------------------------------
     def _log_artifact(self, r: dict[str, Any]) -> None:
         self.client.log_artifact(self.real(r["run_id"]), r["local_path"], r["artifact_path"])

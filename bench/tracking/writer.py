@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Mapping, Sequence
@@ -94,6 +95,7 @@ class TrackingWriter:
         self.fatal: str | None = None  # the store cannot be used at all
         self.left: int | None = None  # writes left spooled, once the writer is done
         self._experiments: dict[str, str] = {}
+        self._runs: weakref.WeakSet[RunHandle] = weakref.WeakSet()  # whose held epochs a flush sends
         self.closed = False
         threading.Thread(target=self._send_loop, name="tracking-send", daemon=True).start()
         threading.Thread(target=self._read_loop, name="tracking-read", daemon=True).start()
@@ -124,6 +126,7 @@ class TrackingWriter:
         """Wait up to ``timeout`` s until everything submitted is written or spooled; a one-line note when
         writes wait in the spool (the store unreachable) or still in the queue (a hung store)."""
         timeout = flush_bound_s() if timeout is None else timeout
+        self._send_held()
         [token] = self.ask([{"op": "flush"}])
         answered, pending, _ = self.answer(token, timeout)
         if not answered:
@@ -157,7 +160,9 @@ class TrackingWriter:
                   "experiment_id": self.experiment(experiment), "run_name": run_name, "tags": all_tags,
                   "start_time": now_ms()}
         self.submit({**record, "reuse": reuse} if reuse else record)
-        return RunHandle(self, local, run_name)
+        run = RunHandle(self, local, run_name)
+        self._runs.add(run)
+        return run
 
     def run_id(self, local: str) -> str:
         """The store's id of a local id once the writer has reported it, else the local id."""
@@ -174,6 +179,7 @@ class TrackingWriter:
         ``cvae-bench sync``."""
         timeout = flush_bound_s() if timeout is None else timeout
         if not self.closed:
+            self._send_held()
             self.submit({"op": "close"})
             self.closed = True
             self._outbox.put(None)
@@ -204,6 +210,11 @@ class TrackingWriter:
         self.proc.wait()
 
     # -- machinery ----------------------------------------------------------------------------------
+    def _send_held(self) -> None:
+        """Send the epochs every run still holds back (:data:`METRICS_INTERVAL_S`)."""
+        for run in list(self._runs):
+            run._send_rows()
+
     def _send_loop(self) -> None:
         from bench.tracking.writer_process import frame
 

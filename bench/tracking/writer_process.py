@@ -90,6 +90,8 @@ class Writer:
         local = record.get("local_id")
         if local and local in self.store.ids:
             self.reply("id", local, self.store.ids[local])
+        for local, real in (result.items() if record["op"] == "resolve" and result else ()):
+            self.reply("id", local, real)
         if "reply" in record:
             self.reply("reply", record["reply"], result, error)
 
