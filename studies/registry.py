@@ -110,7 +110,8 @@ def record_run_ids(study: optuna.Study, ids: Mapping[str, str], parent: str | No
     """Record the store's ids of the local ids this study's trials hold (``mlflow_run_id``, ``checkpoint_runs``):
     Optuna keeps a finished trial's attributes as they were, so the map is a study attribute
     (:data:`RUN_IDS_ATTR`, read by :func:`run_id_of`). ``parent``: this invocation's parent run, by local
-    id; when the store made a new parent (the recorded one was gone), it becomes the study's parent."""
+    id: the study's ``mlflow_parent_run_id`` becomes its id in the store (a new parent, if the recorded one
+    was gone)."""
     known = dict(study.user_attrs.get(RUN_IDS_ATTR, {}))
     recorded = {study.user_attrs.get("mlflow_parent_run_id")}
     for trial in study.get_trials(deepcopy=False):
@@ -118,9 +119,8 @@ def record_run_ids(study: optuna.Study, ids: Mapping[str, str], parent: str | No
     new = {k: ids[k] for k in recorded if k in ids and known.get(k) != ids[k]}
     if new:
         study.set_user_attr(RUN_IDS_ATTR, {**known, **new})
-    stored = study.user_attrs.get("mlflow_parent_run_id")
-    if parent in ids and run_id_of(study, stored) != ids[parent]:
-        study.set_user_attr("mlflow_parent_run_id", ids[parent])
+    if parent in ids and study.user_attrs.get("mlflow_parent_run_id") != ids[parent]:
+        study.set_user_attr("mlflow_parent_run_id", ids[parent])  # the store's id, or a new parent
 
 
 def unresolved_run_ids(study: optuna.Study) -> list[str]:

@@ -105,13 +105,13 @@ def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
     """The checkpoint of run ``args.resume`` to continue (local, else its MLflow artifact), or None;
     why not, in one line on stderr. Returns (state or None, the RunCheckpoints of that run)."""
     from bench.tracking import resolve_tracking_uri
-    from bench.tracking.checkpoints import RunCheckpoints
+    from bench.tracking.checkpoints import RunCheckpoints, run_key_of
     from bench.training.checkpoint_store import run_key
     from bench.training.loop import run_fingerprint
 
-    old = RunCheckpoints(run_key(args.resume), earlier_runs=[args.resume])
-    found = old.find(run_fingerprint(model_cfg, train_cfg, data), train_cfg.epochs,
-                     tracking_uri=None if args.no_track else resolve_tracking_uri(args.tracking_uri),
+    uri = None if args.no_track else resolve_tracking_uri(args.tracking_uri)
+    old = RunCheckpoints(run_key(run_key_of(uri, args.resume)), earlier_runs=[args.resume])
+    found = old.find(run_fingerprint(model_cfg, train_cfg, data), train_cfg.epochs, tracking_uri=uri,
                      dead_run_id=args.resume)
     if found.state is None:
         print(f"--resume {args.resume}: {found.message or 'no checkpoint of that run; starting at epoch 1'}",
@@ -162,6 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
               f"device {train_cfg.resolve_device()})")
         if args.resume:
             resume, resumed = find_resume(args, model_cfg, train_cfg, data)
+            resumed.writer = writer  # deletes the resumed run's checkpoint artifacts once this one is done
         tags = {"resumed_from_epoch": resume["epoch"], "resumed_from_run": args.resume} if resume else {}
         if writer:
             run, params, inputs = start_tracking(writer, args, model_cfg, train_cfg, data,
@@ -177,7 +178,7 @@ def run_train(args: argparse.Namespace) -> int:
         metrics = {k: v for k, v in row.items() if k != "epoch"}
         table(int(row["epoch"]), metrics)
         tracker.log_metrics(metrics, step=int(row["epoch"]))
-    # keyed by the run's local id: known now, and the run carries it (tag cvae_bench.run_key)
+    # keyed by the run's local id: known at once; the run carries it as its run key, which --resume reads
     sink = RunCheckpoints(run_key(run.local_id), run, writer=writer) if run and args.checkpoint_every else None
     logged = dict(log_model=not args.no_model, datasets=inputs, params=params,
                   tags={"variant": model_cfg.variant, "dataset": data.name, "command": "train"}) if run else {}

@@ -91,6 +91,21 @@ class RunCheckpoints:
         return existed
 
 
+def run_key_of(tracking_uri: str | None, run_id: str) -> str:
+    """The local id a run was created under (its ``cvae_bench.run_key`` tag): what ``train`` keys the run's
+    local checkpoints by. ``run_id`` itself when it is a local id, or when the store cannot say."""
+    from bench.tracking.ops import LOCAL_PREFIX, RUN_KEY_TAG
+
+    if not tracking_uri or run_id.startswith(LOCAL_PREFIX):
+        return run_id
+    try:
+        from bench.tracking.store import make_client
+
+        return make_client(tracking_uri).get_run(run_id).data.tags.get(RUN_KEY_TAG) or run_id
+    except Exception:  # noqa: BLE001 -- an unreachable store, no such run: the id as given
+        return run_id
+
+
 def delete_run_checkpoints(writer: Any, run_ids: Sequence[str]) -> None:
     """Have ``writer`` (a :class:`bench.tracking.writer.TrackingWriter`) delete the ``checkpoint/`` artifacts of
     ``run_ids`` (ids of the store, or local ids: the writer finds the run they were recorded for)."""

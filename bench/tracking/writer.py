@@ -38,8 +38,9 @@ from bench.tracking.redaction import redact_url
 FLUSH_BOUND_S = 10.0
 #: A run's epoch metrics go to the writer at most this often (s), and with anything else it is sent.
 METRICS_INTERVAL_S = 2.0
-#: Niceness of the writer process: on a machine whose cores all train, its work yields to training.
-NICENESS = 19
+#: Niceness of the writer process: on a machine whose cores all train, its work yields to training (at 19,
+#: the lowest priority, any other load on the machine starves it and its writes pile up until the end).
+NICENESS = 10
 #: Tag values above this length are rejected by some stores: longer ones are cut.
 MAX_TAG_LENGTH = 5000
 
@@ -50,6 +51,15 @@ class TrackingStoreError(CLIError):
 
 class TrackingError(CLIError):
     """A write failed for good, or the writer process died: a run is incomplete."""
+
+
+def _mlflow_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except ValueError:  # blocked (``sys.modules["mlflow"] = None``)
+        return False
 
 
 def flush_bound_s() -> float:
@@ -75,6 +85,9 @@ class TrackingWriter:
 
     def __init__(self, tracking_uri: str, *, spool_dir: str | Path | None = None, sync: bool = False,
                  niceness: int = NICENESS) -> None:
+        if not _mlflow_installed():
+            raise CLIError("MLflow is not installed here (pip install mlflow), so nothing can be tracked: "
+                           "pass --no-track")
         self.tracking_uri = tracking_uri
         reply_read, reply_write = os.pipe()
         root = str(Path(__file__).resolve().parents[2])  # the writer runs this same code

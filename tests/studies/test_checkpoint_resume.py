@@ -18,6 +18,7 @@ from optuna.trial import FixedTrial, TrialState
 
 from bench import TrainConfig, fit, model_config
 from bench.tracking import TrackingWriter, make_client
+from bench.tracking.ops import Store
 from bench.training.checkpoint_store import checkpoint_path, checkpoint_root, trial_key
 from studies.cli import main
 from studies.runner import load_data
@@ -52,13 +53,14 @@ class Worker:
         return optuna.load_study(study_name=self.name, storage=self.storage)
 
     def kill_after_checkpoint(self) -> optuna.trial.FrozenTrial:
-        """Start a worker, SIGKILL it once trial 0 has written a checkpoint (the local file and the run's
-        artifact); the killed trial."""
+        """Start a worker, SIGKILL it once trial 0 has written a checkpoint (the local file; the run's artifact
+        follows through the writer process, which outlives the worker and writes what it was given); the
+        killed trial."""
         path = checkpoint_path(trial_key(self.name, 0))
         proc = self.start()
         try:
             deadline = time.time() + 180
-            while not (path.exists() and list(self.root.glob("mlruns/*/*/artifacts/checkpoint/state.pt"))):
+            while not path.exists():
                 assert proc.poll() is None, "the worker ended before it could be killed"
                 assert time.time() < deadline, "no checkpoint was written in time"
                 time.sleep(0.02)
@@ -83,9 +85,13 @@ class Worker:
         assert trials[0].state == TrialState.FAIL
         return retried[0], err
 
+    def real(self, run_id: str) -> str:
+        """The store's id of a run a trial recorded (a local id: the run carrying it as its run key)."""
+        return Store(make_client(self.tracking), self.tracking).real(run_id)
+
     def history(self, run_id: str) -> dict[str, list[int]]:
         client = make_client(self.tracking)
-        return {key: sorted(m.step for m in client.get_metric_history(run_id, key))
+        return {key: sorted(m.step for m in client.get_metric_history(self.real(run_id), key))
                 for key in ("val_neg_elbo", "train_recon")}
 
 
@@ -111,7 +117,7 @@ def test_a_retried_trial_resumes_from_the_killed_workers_checkpoint(tmp_path, mo
     assert sorted(retried.intermediate_values) == list(range(1, EPOCHS + 1))  # epochs 1..k from the checkpoint
     run_id = retried.user_attrs["mlflow_run_id"]
     assert run_id != killed.user_attrs["mlflow_run_id"]
-    run = make_client(w.tracking).get_run(run_id)
+    run = make_client(w.tracking).get_run(w.real(run_id))
     assert run.data.tags["resumed_from_epoch"] == str(k)
     assert w.history(run_id) == {key: list(range(1, EPOCHS + 1)) for key in ("val_neg_elbo", "train_recon")}
     assert "starting at epoch 1" not in err
@@ -125,7 +131,7 @@ def test_a_retried_trial_resumes_from_the_killed_workers_checkpoint(tmp_path, mo
     assert retried.user_attrs["checkpoint_runs"] == [dead_run, run_id]
     client = make_client(w.tracking)
     for rid in (dead_run, run_id):  # nor as MLflow artifacts, of the dead run or of the retry
-        assert client.list_artifacts(rid, "checkpoint") == [], rid
+        assert client.list_artifacts(w.real(rid), "checkpoint") == [], rid
 
 
 @pytest.mark.slow
@@ -142,11 +148,19 @@ def test_a_corrupt_checkpoint_falls_back_to_epoch_1_with_its_reason(tmp_path, mo
 
 
 def _artifact_file(w: Worker) -> Path:
-    """The dead trial 0's ``checkpoint/state.pt`` in the local MLflow artifact store."""
-    run = make_client(w.tracking).get_run(w.load().get_trials()[0].user_attrs["mlflow_run_id"])
-    path = Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoint" / "state.pt"
-    assert path.exists(), path
-    return path
+    """The dead trial 0's ``checkpoint/state.pt`` in the local MLflow artifact store, once the dead worker's
+    writer process has written it."""
+    deadline = time.time() + 120
+    while True:
+        try:
+            run = make_client(w.tracking).get_run(w.real(w.load().get_trials()[0].user_attrs["mlflow_run_id"]))
+            path = Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoint" / "state.pt"
+            if path.exists():
+                return path
+        except LookupError:  # the run itself is not written yet
+            pass
+        assert time.time() < deadline, "the dead worker's checkpoint never reached its run"
+        time.sleep(0.2)
 
 
 def _refingerprint(path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.tracking import make_client
+from bench.tracking import RUN_KEY_TAG, make_client
 from bench.training.checkpoint_store import checkpoint_root
 from studies.cli import main
 
@@ -43,12 +43,19 @@ def test_train_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkey
     finally:
         proc.kill()
         proc.wait()
-    killed = found[0].parent.name
+    key = found[0].parent.name  # the run's local id, its run key
+    assert key.startswith("local-")
     client = make_client(uri)
-    deadline = time.time() + 60
-    while client.get_run(killed).info.status == "RUNNING":  # its tracking process writes what it held, then ends it
-        assert time.time() < deadline, "the killed run was not ended by its tracking process"
+    deadline = time.time() + 120
+    while True:  # the writer process outlives the killed command: it writes what it was given, then ends the run
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  f"tags.`{RUN_KEY_TAG}` = '{key}'")
+        if runs and runs[0].info.status != "RUNNING":
+            break
+        assert time.time() < deadline, "the killed run was not ended by its writer process"
         time.sleep(0.1)
+    killed = runs[0].info.run_id  # what a user sees in the MLflow UI and resumes with
+    assert runs[0].info.status == "KILLED"
     if not client.list_artifacts(killed, "checkpoint"):  # killed before the artifact was sent: as if it had been
         client.log_artifact(killed, str(found[0]), "checkpoint")
 
