@@ -110,16 +110,25 @@ def write_json(path: str, document: dict[str, Any]) -> None:
         raise CLIError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def log_to_mlflow(results: list[StepTimeResult], calibration: dict[str, Any], tracking_uri: str | None,
-                  experiment: str) -> str:
-    """One MLflow run per configuration in ``experiment``; returns the tracking URI used."""
+def open_store(tracking_uri: str | None) -> tuple[Any, str]:
+    """(an MLflow client, the tracking URI), opened before the timing: a store that cannot be opened or a
+    database server that does not answer is a one-line error now, not after minutes of timing."""
     try:
-        from bench.tracking import RunTracker, environment_tags, make_client, redact, resolve_tracking_uri
-        from bench.tracking import experiment_id as tracking_experiment_id
+        from bench.tracking import make_client, resolve_tracking_uri
         uri = resolve_tracking_uri(tracking_uri)
-        client = make_client(uri)
+        return make_client(uri), uri
     except ImportError as err:
         raise CLIError(f"MLflow is not importable ({err}); pass --no-track to time without tracking") from None
+
+
+def log_to_mlflow(results: list[StepTimeResult], calibration: dict[str, Any], tracking_uri: str | None,
+                  experiment: str, store: tuple[Any, str] | None = None) -> str:
+    """One MLflow run per configuration in ``experiment``; returns the tracking URI used. ``store``: the
+    store :func:`open_store` opened (else it is opened now)."""
+    client, uri = store or open_store(tracking_uri)
+    from bench.tracking import RunTracker, environment_tags, redact
+    from bench.tracking import experiment_id as tracking_experiment_id
+
     try:
         experiment_id = tracking_experiment_id(client, experiment)
         for r in results:
@@ -170,6 +179,7 @@ def run_steptime(args: argparse.Namespace) -> int:
     configs = configs_from_args(args, device)
     options = timing_options(args)
     data = load_benchmark_data(args.dataset, args.data_root, seed=args.seed)
+    store = None if args.no_track else open_store(args.tracking_uri)
     print(f"cvae-bench steptime: {len(configs)} configuration(s) on {data.name} "
           f"({len(data.train)} train examples), device {device}", flush=True)
 
@@ -189,7 +199,7 @@ def run_steptime(args: argparse.Namespace) -> int:
         write_json(args.json, report(results, calibration, machine_info([device])))
         print(f"wrote {args.json}")
     if not args.no_track:
-        uri = log_to_mlflow(results, calibration, args.tracking_uri, args.experiment)
+        uri = log_to_mlflow(results, calibration, args.tracking_uri, args.experiment, store)
         from bench.tracking import redact
         print(f"logged {len(results)} run(s) to experiment {args.experiment!r} at {redact(uri)}")
     return 0

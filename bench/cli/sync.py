@@ -12,9 +12,14 @@ def run_sync(args: argparse.Namespace) -> int:
     from bench.tracking import resolve_tracking_uri
     from bench.tracking.redaction import redact_url
     from bench.tracking.spool import default_spool_dir, is_transient, sync_spool
+    from bench.tracking.store import check_database_reachable
 
     uri = resolve_tracking_uri(args.tracking_uri)
     spool = Path(args.spool_dir) if args.spool_dir else default_spool_dir()
+    try:
+        check_database_reachable(uri)
+    except CLIError as exc:
+        raise CLIError(f"{exc} Nothing was sent: the writes stay spooled in {spool}") from None
     try:
         report = sync_spool(uri, spool)
     except Exception as exc:  # noqa: BLE001 -- sorted right below
