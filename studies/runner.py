@@ -208,8 +208,9 @@ class StudyRun:
         for f in fields_of(Role.DEFINES):
             key = attr_name(f)
             if key in attrs and attrs[key] != wanted[key]:
+                option = setting_of(f).flag or "--" + f.name.replace("_", "-")
                 raise CLIError(f"study {spec.name!r} was made with {key}={attrs[key]!r}, not {wanted[key]!r}; "
-                               "rerun with the same settings or pick another --study-name")
+                               f"rerun with the same settings ({option}) or pick another --study-name")
         for f in fields_of(Role.DEFINES, Role.STORED):
             key = attr_name(f)
             if key not in attrs or (setting_of(f).rewrite and attrs[key] != wanted[key]):
