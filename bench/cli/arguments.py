@@ -109,7 +109,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the local checkpoint of a finished run (removed by default)")
     g.add_argument("--resume", default=None, metavar="RUN_ID",
                    help="continue the killed run RUN_ID from its last checkpoint (local, else its MLflow "
-                        "artifact) in a new run; give the same training options")
+                        "artifact) in a new run; give the same training options. Without a usable checkpoint "
+                        "it stops (exit 2) unless --fresh-if-missing is given")
+    g.add_argument("--fresh-if-missing", action="store_true",
+                   help="with --resume: when RUN_ID has no usable checkpoint (none saved, not fetchable, or made "
+                        "with other options), train from epoch 1 in a new run instead of stopping")
     g.add_argument("--eval-batch-size", type=int, default=500, metavar="N",
                    help="examples per batch when evaluating val/test (default 500; a GPU takes far more)")
 

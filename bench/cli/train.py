@@ -133,8 +133,9 @@ def spare_a_core(model) -> None:
 
 
 def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
-    """The checkpoint of run ``args.resume`` to continue (local, else its MLflow artifact), or None;
-    why not, in one line on stderr. Returns (state or None, the local RunCheckpoints of that run)."""
+    """The checkpoint of run ``args.resume`` to continue (local, else its MLflow artifact). None of it
+    usable: a :class:`CLIError` saying why, or with ``--fresh-if-missing`` None and why on stderr.
+    Returns (state or None, the local RunCheckpoints of that run)."""
     from bench.tracking.checkpoints import RunCheckpoints
     from bench.training.checkpoint_store import run_key
     from bench.training.loop import run_fingerprint
@@ -148,8 +149,11 @@ def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
     found = old.find(run_fingerprint(model_cfg, train_cfg, data), train_cfg.epochs, client=client,
                      dead_run_id=args.resume)
     if found.state is None:
-        print(f"--resume {args.resume}: {found.message or 'no checkpoint of that run; starting at epoch 1'}",
-              file=sys.stderr)
+        why = (found.message or "no checkpoint of that run").removesuffix("; starting at epoch 1")
+        if not args.fresh_if_missing:
+            raise CLIError(f"--resume {args.resume}: cannot resume: {why}; give --fresh-if-missing to train from "
+                           "epoch 1 in a new run instead")
+        print(f"--resume {args.resume}: {why}; --fresh-if-missing: starting at epoch 1", file=sys.stderr)
     else:
         print(f"--resume {args.resume}: continuing after epoch {found.epoch} ({found.source} checkpoint)")
     return found.state, old
@@ -171,6 +175,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"variant={args.variant!r}: must be one of {', '.join(VARIANTS)}")
     if args.metrics_json:
         check_writable(args.metrics_json, "--metrics-json")
+    if args.fresh_if_missing and not args.resume:
+        raise CLIError("--fresh-if-missing: only with --resume RUN_ID")
     if args.checkpoint_every < 0:
         raise CLIError(f"--checkpoint-every {args.checkpoint_every}: must be an integer >= 0 (epochs; 0: never)")
     tracking = None if args.no_track else TrackingProcess()
