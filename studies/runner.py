@@ -38,6 +38,7 @@ from bench import (
     resolve_tracking_uri,
     ui_hint,
 )
+from bench.data.memory import check_iw_fits
 from bench.tracking import LOCAL_PREFIX, redact_url, sync_spool
 from bench.tracking.dataset_inputs import dataset_inputs
 from studies.lock import study_lock
@@ -413,6 +414,7 @@ def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = data if data is not None else load_data(spec)
+    check_iw_fits(spec.iw_samples, data.input_shape, resolve_device(spec.device))  # before any trial trains
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.resolved_threads)
     try:

@@ -31,6 +31,7 @@ from dataclasses import Field, dataclass, field, fields
 from enum import Enum
 from typing import Any, Mapping
 
+from bench.data.memory import MAX_SEED
 from bench.data.names import dataset_slug
 from models.config import ConfigError
 from studies.storage import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_url
@@ -133,7 +134,8 @@ class StudySpec:
                                     default_text=": no limit", unit="seconds", bound=(">", 0), metavar="S")
     jobs: int = setting(1, Role.LOCAL, "trials run side by side in threads ({default})", bound=(">=", 1), metavar="J",
                         worker_help="trials this worker runs side by side ({default})")
-    seed: int = setting(0, Role.DEFINES, "seed of the data split, the models and the sampler ({default})")
+    seed: int = setting(0, Role.DEFINES, "seed of the data split, the models and the sampler ({default})",
+                        bound=(">=", 0))
     device: str = setting("auto", Role.LOCAL, "auto ({default}: cuda if present), cpu, cuda or cuda:N",
                           default_text="", metavar="DEVICE", parse="device")
     iw_samples: int = setting(100, Role.STORED, "k of the importance-weighted test bound ({default})",
@@ -189,8 +191,11 @@ class StudySpec:
         if self.objective == "rate-distortion" and self.pruner not in (None, "none"):
             raise ConfigError(f"pruner={self.pruner!r}: the rate-distortion objective has two values and Optuna "
                               "cannot prune multi-objective trials; use pruner none")
-        if self.study_name is not None and not self.study_name.strip():
-            raise ConfigError("study_name='': must not be empty")
+        for name in ("study_name", "experiment", "registered_model"):  # None: the default; '' is no name
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must not be empty")
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed={self.seed!r}: must be an integer in 0..{MAX_SEED}")
         resolve_device(self.device)  # an unknown device, or cuda without a GPU, before any trial fails on it
         check_url(self.storage)
 

@@ -16,6 +16,8 @@ def run_sync(args: argparse.Namespace) -> int:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     spool = Path(args.spool_dir) if args.spool_dir else default_spool_dir()
+    if spool.exists() and not spool.is_dir():
+        raise CLIError(f"--spool-dir {spool}: not a folder")
     try:
         check_database_reachable(uri)
     except CLIError as exc:

@@ -132,6 +132,23 @@ def spare_a_core(model) -> None:
         torch.set_num_threads(threads - 1)
 
 
+def check_sizes(model_cfg, train_cfg, data) -> None:
+    """Sizes that can never fit the device's memory, refused in one line before a run is created: the
+    model with its gradients and Adam's two moments (4 float32 copies of its parameters, counted on
+    torch's meta device, where nothing is allocated) and the importance-weighted test bound."""
+    import torch
+
+    from bench.data.memory import check_fits, check_iw_fits
+    from models import CVAE
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in CVAE(model_cfg).parameters())
+    device = train_cfg.resolve_device()
+    check_fits(16 * params, f"the model ({params:.3g} parameters: --hidden, --latent-dim, --flow-length) with its "
+                            "gradients and Adam's state", device)
+    check_iw_fits(train_cfg.iw_samples, data.input_shape, device)
+
+
 def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
     """The checkpoint of run ``args.resume`` to continue (local, else its MLflow artifact). None of it
     usable: a :class:`CLIError` saying why, or with ``--fresh-if-missing`` None and why on stderr.
@@ -191,6 +208,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         data = load_data_from_args(args)
         model_cfg, train_cfg = configs_from_args(args, data)
+        check_sizes(model_cfg, train_cfg, data)
         print(f"cvae-bench train: {model_cfg.variant} on {data.name} ({len(data.train)}/{len(data.val)}/"
               f"{len(data.test)} train/val/test, likelihood {model_cfg.likelihood}, "
               f"device {train_cfg.resolve_device()})")

@@ -9,6 +9,7 @@ import pytest
 
 from bench.errors import CLIError
 from bench.tracking.store import check_database_reachable, make_client
+from local_services import silent_listener
 
 
 def closed_port() -> int:
@@ -19,26 +20,8 @@ def closed_port() -> int:
 
 @pytest.fixture
 def silent_port():
-    """A loopback port whose listen queue is full: new connections get no answer at all (SYNs are dropped),
-    as from a host behind a firewall that drops packets."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        s = socket.socket()
-        s.setblocking(False)
-        try:
-            s.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(s)
-    time.sleep(0.2)
-    yield port
-    for s in fillers:
-        s.close()
-    server.close()
+    with silent_listener() as port:
+        yield port
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg", "mysql+pymysql", "mssql+pyodbc"])
