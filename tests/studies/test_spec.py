@@ -170,7 +170,7 @@ def test_suite_config_accepts_every_key_and_null_where_the_spec_does(tmp_path):
     ("jobs", True, "jobs=True: must be an integer >= 1"),
     ("threads", 0, "threads=0: must be an integer >= 1"),
     ("timeout", -1, "timeout=-1: must be a number of seconds > 0"),
-    ("seed", "x", "seed='x': must be an integer"),
+    ("seed", "x", "seed='x': must be an integer >= 0"),
     ("limit", "many", "limit='many': must be an integer"),
     ("objective", "elbo", "objective='elbo': must be one of neg-elbo, rate-distortion"),
     ("sampler", "grid", "sampler='grid': must be one of tpe, nsga2, random"),
