@@ -26,8 +26,9 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
 #: Key words that make a query or connection-string value a secret (matched inside the key, any case).
 SECRET_KEY_PARTS = ("pass", "pwd", "secret", "token", "key", "credential", "signature")
 #: ``key=value`` outside URLs (libpq/ODBC connection strings, messages): keys that name a secret.
-_SECRET_ASSIGNMENT = re.compile(r"(?<![\w.\-])(?P<key>[\w.\-]*(?:pass(?:word|wd)|pwd|secret|token|api[_-]?key|access[_-]?key)"
-                                r"[\w.\-]*)(?P<eq>\s*=\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,)]+)", re.IGNORECASE)
+_SECRET_ASSIGNMENT = re.compile(r"(?<![\w.\-])(?P<key>[\w.\-]*"
+                                r"(?:pass(?:word|wd)|pwd|secret|token|api[_-]?key|access[_-]?key)[\w.\-]*)"
+                                r"(?P<eq>\s*=\s*)(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,)]+)", re.IGNORECASE)
 
 
 def _is_secret_key(key: str) -> bool:

@@ -127,7 +127,8 @@ def test_suite_config_with_an_empty_variant_and_a_config_folder(tmp_path, capsys
 def test_sync_spool_dir_that_is_a_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spool").write_text("x")
-    assert run(["sync", "--spool-dir", str(tmp_path / "spool"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert run(["sync", "--spool-dir", str(tmp_path / "spool"), "--tracking-uri", uri]) == 2
     assert_one_line_error(capsys, "sync", "not a folder")
 
 

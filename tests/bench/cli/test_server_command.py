@@ -149,8 +149,8 @@ def test_real_server_reads_the_backend_from_its_environment(tmp_path):
     db = tmp_path / f"{marker}.db"
     port = free_port()
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_BACKEND_STORE_URI=f"sqlite:///{db}")
-    proc = subprocess.Popen([sys.executable, "-m", "studies.cli", "server", "--artifacts-destination", str(tmp_path / "artifacts"), "--port", str(port),
-                             "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "studies.cli", "server", "--artifacts-destination",
+                             str(tmp_path / "artifacts"), "--port", str(port), "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 120
