@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import CLIError, DataSplits, environment_tags, load_dataset, resolve_device, resolve_tracking_uri, ui_hint
+from bench.data.memory import check_iw_fits
 from bench.tracking import RunHandle, TrackingWriter, check_tracking_uri, redact_url
 from bench.tracking.dataset_inputs import dataset_inputs
 from bench.tracking.ops import now_ms
@@ -200,8 +201,9 @@ class StudyRun:
         for f in fields_of(Role.DEFINES):
             key = attr_name(f)
             if key in attrs and attrs[key] != wanted[key]:
+                option = setting_of(f).flag or "--" + f.name.replace("_", "-")
                 raise CLIError(f"study {spec.name!r} was made with {key}={attrs[key]!r}, not {wanted[key]!r}; "
-                               "rerun with the same settings or pick another --study-name")
+                               f"rerun with the same settings ({option}) or pick another --study-name")
         for f in fields_of(Role.DEFINES, Role.STORED):
             key = attr_name(f)
             if key not in attrs or (setting_of(f).rewrite and attrs[key] != wanted[key]):
@@ -410,6 +412,7 @@ def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = data if data is not None else load_data(spec)
+    check_iw_fits(spec.iw_samples, data.input_shape, resolve_device(spec.device))  # before any trial trains
     threads = torch.get_num_threads()
     torch.set_num_threads(spec.resolved_threads)
     try:

@@ -4,10 +4,11 @@ Each field of :class:`StudySpec` is one setting. Its default and type are the fi
 :class:`Setting` (``field.metadata["setting"]``) says the rest: help text, unit, allowed values, bound,
 command-line flag, and its :class:`Role`:
 
-- ``defines``: what the trials mean (variant, dataset, objective, epochs). Kept in the study's user
-  attributes when the study is made; a rerun or a worker that disagrees is refused.
+- ``defines``: what the trials mean (variant, dataset, objective, epochs, and the data they train on:
+  seed, limit, image size). Kept in the study's user attributes when the study is made; a rerun or a
+  worker that disagrees is refused (a worker that does not name one gets the stored value).
 - ``stored``: kept in the study's user attributes when the study is made, so that a worker joining
-  with only ``--study-name`` and ``--storage`` runs the same study (sampler, pruner, seed, ...;
+  with only ``--study-name`` and ``--storage`` runs the same study (sampler, pruner, iw_samples, ...;
   ``trials`` as ``trials_total``, rewritten by every invocation).
 - ``local``: this invocation only (storage, jobs, device, threads, ...).
 
@@ -30,6 +31,7 @@ from dataclasses import Field, dataclass, field, fields
 from enum import Enum
 from typing import Any, Mapping
 
+from bench.data.memory import MAX_SEED
 from bench.data.names import dataset_slug
 from models.config import ConfigError
 from studies.storage import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_url
@@ -132,7 +134,8 @@ class StudySpec:
                                     default_text=": no limit", unit="seconds", bound=(">", 0), metavar="S")
     jobs: int = setting(1, Role.LOCAL, "trials run side by side in threads ({default})", bound=(">=", 1), metavar="J",
                         worker_help="trials this worker runs side by side ({default})")
-    seed: int = setting(0, Role.STORED, "seed of the data split, the models and the sampler ({default})")
+    seed: int = setting(0, Role.DEFINES, "seed of the data split, the models and the sampler ({default})",
+                        bound=(">=", 0))
     device: str = setting("auto", Role.LOCAL, "auto ({default}: cuda if present), cpu, cuda or cuda:N",
                           default_text="", metavar="DEVICE", parse="device")
     iw_samples: int = setting(100, Role.STORED, "k of the importance-weighted test bound ({default})",
@@ -162,10 +165,10 @@ class StudySpec:
                                     default_text=": $CVAE_BENCH_DATA or ~/.cache/cvae-bench/data", metavar="DIR")
     download: bool = setting(False, Role.LOCAL, "download mnist/fashion-mnist/cifar10 if absent (off by {default}: "
                              "nothing is fetched unless asked)", group="data", default_text="")
-    image_size: int | None = setting(None, Role.STORED, "resize every image to PX x PX ({default}; needed for "
+    image_size: int | None = setting(None, Role.DEFINES, "resize every image to PX x PX ({default}; needed for "
                                      "imagefolder images of mixed sizes)", group="data", default_text=": native size",
                                      unit="pixels", metavar="PX")
-    limit: int | None = setting(None, Role.STORED, "keep at most N examples per split, for quick runs ({default})",
+    limit: int | None = setting(None, Role.DEFINES, "keep at most N examples per split, for quick runs ({default})",
                                 group="data", default_text=": all", unit="examples", metavar="N")
     tracking_uri: str | None = setting(None, Role.LOCAL, "MLflow tracking URI ({default})", group="tracking",
                                        default_text=": $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db", metavar="URI")
@@ -188,8 +191,11 @@ class StudySpec:
         if self.objective == "rate-distortion" and self.pruner not in (None, "none"):
             raise ConfigError(f"pruner={self.pruner!r}: the rate-distortion objective has two values and Optuna "
                               "cannot prune multi-objective trials; use pruner none")
-        if self.study_name is not None and not self.study_name.strip():
-            raise ConfigError("study_name='': must not be empty")
+        for name in ("study_name", "experiment", "registered_model"):  # None: the default; '' is no name
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must not be empty")
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"seed={self.seed!r}: must be an integer in 0..{MAX_SEED}")
         resolve_device(self.device)  # an unknown device, or cuda without a GPU, before any trial fails on it
         check_url(self.storage)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from bench.errors import CLIError
 from bench.tracking import redact_url, sqlite_file
+from bench.tracking.store import check_database_reachable
 from studies.lock import study_lock
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def open_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = DEFAULT_HEARTBE
     from sqlalchemy.exc import SQLAlchemyError
 
     engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
+    check_database_reachable(url, "--storage")  # an unreachable server: one line in seconds, not a long hang
     db = sqlite_file(url)
     if db is not None:
         folder = db.expanduser().parent
@@ -102,7 +104,7 @@ def open_storage(url: str = DEFAULT_STORAGE, *, heartbeat: int = DEFAULT_HEARTBE
             return optuna.storages.RDBStorage(
                 normalize_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
                 heartbeat_stale_trial_callback=on_stale or retry_stale_trial())
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
+    except (SQLAlchemyError, ImportError, ValueError, OSError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise CLIError(f"--storage {redact_url(url)}: cannot open it ({type(exc).__name__}: "
                        f"{redact_url(detail)})") from None

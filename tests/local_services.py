@@ -7,6 +7,7 @@ run as root, so when the tests run as root the cluster runs as the ``postgres`` 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -20,6 +21,32 @@ from pathlib import Path
 
 PASSWORD = "pg-s3cret-Zq7"  # only ever lives in this throwaway cluster; tests check it never leaks
 USER = "cvae"
+
+
+@contextlib.contextmanager
+def silent_listener():
+    """A loopback port whose listen queue is full: new connections get no answer at all (the kernel drops
+    their SYNs), as from a host behind a firewall that drops packets. Yields the port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(s)
+        time.sleep(0.2)
+        yield port
+    finally:
+        for s in fillers:
+            s.close()
+        server.close()
 
 
 def free_port() -> int:

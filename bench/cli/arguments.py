@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.data.memory import MAX_SEED
 from bench.errors import CLIError
 from models.config import BACKBONES, BETA_SCHEDULES, FLOW_KINDS, LIKELIHOODS, VARIANTS
 
@@ -27,13 +28,37 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def int_list(text: str) -> tuple[int, ...]:
+    """``64,128`` -> (64, 128); an empty item (``64,,256``, ``64,``) is an error, not skipped."""
+    items = [v.strip() for v in text.replace("x", ",").split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError("needs at least one integer")
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item: give integers separated by single commas")
     try:
-        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        return tuple(int(v) for v in items)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("needs at least one integer")
-    return values
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """``cvae,beta-cvae`` -> ('cvae', 'beta-cvae'); an empty item (``cvae,``, ``a,,b``) is an error."""
+    items = [v.strip() for v in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError("needs at least one name")
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item: give names separated by single commas")
+    return tuple(items)
+
+
+def parse_seed(text: str) -> int:
+    """A seed: an integer in 0 .. :data:`MAX_SEED`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is not in 0..{MAX_SEED}")
+    return value
 
 
 def device_name(text: str) -> str:
@@ -94,7 +119,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
     g.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm, 0 = off (default)")
-    g.add_argument("--seed", type=int, default=0, help="random seed; CPU runs are reproducible (default 0)")
+    g.add_argument("--seed", type=parse_seed, default=0, help="random seed; CPU runs are reproducible (default 0)")
     add_device_argument(g)
     g.add_argument("--iw-samples", type=int, default=100, help="k of the importance-weighted test bound (default 100)")
     g.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (default none)")
@@ -109,7 +134,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the local checkpoint of a finished run (removed by default)")
     g.add_argument("--resume", default=None, metavar="RUN_ID",
                    help="continue the killed run RUN_ID from its last checkpoint (local, else its MLflow "
-                        "artifact) in a new run; give the same training options")
+                        "artifact) in a new run; give the same training options. Without a usable checkpoint "
+                        "it stops (exit 2) unless --fresh-if-missing is given")
+    g.add_argument("--fresh-if-missing", action="store_true",
+                   help="with --resume: when RUN_ID has no usable checkpoint (none saved, not fetchable, or made "
+                        "with other options), train from epoch 1 in a new run instead of stopping")
     g.add_argument("--eval-batch-size", type=int, default=500, metavar="N",
                    help="examples per batch when evaluating val/test (default 500; a GPU takes far more)")
 

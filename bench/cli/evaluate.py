@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.cli.arguments import add_data_arguments, add_device_argument, add_model_uri_arguments, check_writable
+from bench.cli.arguments import (
+    add_data_arguments,
+    add_device_argument,
+    add_model_uri_arguments,
+    check_writable,
+    parse_seed,
+)
 from bench.errors import CLIError
 
 
@@ -22,6 +28,7 @@ def check_compatible(saved, data) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from bench.data import load_dataset
+    from bench.data.memory import check_iw_fits
     from bench.evaluation import final_metrics
     from bench.tracking import load_logged_model, make_client, resolve_tracking_uri
     from bench.training import resolve_device
@@ -32,6 +39,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(f"--iw-samples {args.iw_samples}: must be an integer >= 1")
     device = resolve_device(args.device)
     saved = load_logged_model(make_client(resolve_tracking_uri(args.tracking_uri)), args.model, map_location=device)
+    check_iw_fits(args.iw_samples, tuple(saved.config.input_shape), device)
     data = load_dataset(args.dataset, args.data_root, download=args.download, image_size=args.image_size,
                         seed=args.seed, limit=args.limit)
     check_compatible(saved, data)
@@ -55,7 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_data_arguments(p)
     g = p.add_argument_group("evaluation")
     g.add_argument("--iw-samples", type=int, default=100, help="k of the importance-weighted test bound (default 100)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=parse_seed, default=0,
                    help="seed of the data split and of the evaluation's draws (default 0, train's default)")
     add_device_argument(g)
     g.add_argument("--metrics-json", default=None, metavar="PATH",

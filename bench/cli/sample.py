@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
+from math import prod
 from pathlib import Path
 
-from bench.cli.arguments import add_model_uri_arguments, check_writable
+from bench.cli.arguments import add_model_uri_arguments, check_writable, parse_seed
 from bench.errors import CLIError
 
 OUTPUT_SUFFIXES = (".png", ".npz")
@@ -16,6 +18,7 @@ def run_sample(args: argparse.Namespace) -> int:
     import torch
     from torchvision.utils import save_image
 
+    from bench.data.memory import check_fits
     from bench.tracking import load_logged_model, make_client, resolve_tracking_uri
 
     out = Path(args.out)
@@ -27,6 +30,11 @@ def run_sample(args: argparse.Namespace) -> int:
     saved = load_logged_model(make_client(resolve_tracking_uri(args.tracking_uri)), args.model)
     labels = ([saved.label_index(label) for label in args.label] if args.label
               else list(range(len(saved.class_names))))
+    if not math.isfinite(args.temperature) or args.temperature <= 0:
+        raise CLIError(f"--temperature {args.temperature:g}: must be a finite number > 0")
+    count = args.n * len(labels)  # images drawn: float32 images, their latents, and one label each
+    check_fits(count * (4 * (prod(saved.config.input_shape) + saved.config.latent_dim) + 64),
+               f"--n {args.n} x {len(labels)} label(s) ({count} images)")
     generator = torch.Generator().manual_seed(args.seed)
     y = [label for label in labels for _ in range(args.n)]
     images = saved.sample(y, temperature=args.temperature, generator=generator)  # (len(y), C, H, W) in [0, 1]
@@ -52,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--label", action="append", default=None, metavar="L",
                    help="a class index or class name; repeat for several (default: every class)")
     g.add_argument("--n", type=int, default=8, metavar="N", help="images per label (default 8)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default 0)")
+    g.add_argument("--seed", type=parse_seed, default=0, help="seed of the latent draws (default 0)")
     g.add_argument("--temperature", type=float, default=1.0, metavar="T",
                    help="standard deviation of the latent prior draws (default 1; lower: more typical images)")
     g.add_argument("--out", required=True, metavar="FILE", help="output file: .png (grid) or .npz (arrays)")

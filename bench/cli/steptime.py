@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.cli.arguments import add_device_argument, check_writable, int_list
+from bench.cli.arguments import add_device_argument, check_writable, int_list, name_list, parse_seed
 from bench.errors import CLIError
 from models.config import ConfigError
 
@@ -25,13 +26,6 @@ if TYPE_CHECKING:
 EXPERIMENT = "steptime"
 #: ``bench.training.step.ADAM_IMPLEMENTATIONS``, spelled out so that ``--help`` needs no torch (a test keeps them equal).
 ADAM_CHOICES = ("fused", "default")
-
-
-def name_list(text: str) -> tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values:
-        raise argparse.ArgumentTypeError("needs at least one name")
-    return values
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--block-ms", type=float, default=50.0, metavar="MS", help="target block length (default 50)")
     t.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed warm-up steps (default 5)")
     t.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the model init and batch order (default 0)")
+    t.add_argument("--seed", type=parse_seed, default=0, help="seed of the model init and batch order (default 0)")
     o = p.add_argument_group("output")
     o.add_argument("--json", default=None, metavar="PATH",
                    help="also write {machine, calibration, results} as JSON (default: none written)")
@@ -110,13 +104,23 @@ def write_json(path: str, document: dict[str, Any]) -> None:
         raise CLIError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def log_to_mlflow(results: list[StepTimeResult], calibration: dict[str, Any], tracking_uri: str | None,
-                  experiment: str) -> str:
-    """One MLflow run per configuration in ``experiment`` (through a writer process); returns the tracking URI."""
-    from bench.tracking import TrackingWriter, check_tracking_uri, environment_tags, redact_url, resolve_tracking_uri
+def check_store(tracking_uri: str | None) -> str:
+    """The tracking URI, checked before the timing (a missing SQLite folder, a database server that does not
+    answer, MLflow not installed: one line now, not after minutes of timing). The writer that logs the
+    results starts after the timing, so that it takes no CPU from it."""
+    from bench.tracking import check_tracking_uri, resolve_tracking_uri
+    from bench.tracking.writer import require_mlflow
 
     uri = resolve_tracking_uri(tracking_uri)
+    require_mlflow()
     check_tracking_uri(uri)
+    return uri
+
+
+def log_to_mlflow(results: list[StepTimeResult], calibration: dict[str, Any], uri: str, experiment: str) -> str:
+    """One MLflow run per configuration in ``experiment`` (through a writer process); returns the tracking URI."""
+    from bench.tracking import TrackingWriter, environment_tags, redact_url
+
     writer = TrackingWriter(uri)
     for r in results:
         cal = calibration.get(r.device)
@@ -148,6 +152,7 @@ def run_steptime(args: argparse.Namespace) -> int:
     import torch
 
     from bench.data import load_benchmark_data
+    from bench.data.memory import check_fits
     from bench.timing.calibration import measure_calibration
     from bench.timing.report import add_normalised, add_speedups, format_table, machine_info, report
     from bench.timing.steptime import measure
@@ -168,6 +173,9 @@ def run_steptime(args: argparse.Namespace) -> int:
     configs = configs_from_args(args, device)
     options = timing_options(args)
     data = load_benchmark_data(args.dataset, args.data_root, seed=args.seed)
+    for batch in args.batch_size:  # one batch of images, its reconstruction and their gradients (float32)
+        check_fits(16 * batch * math.prod(data.input_shape), f"--batch-size {batch} on {data.name}", chosen)
+    uri = None if args.no_track else check_store(args.tracking_uri)
     print(f"cvae-bench steptime: {len(configs)} configuration(s) on {data.name} "
           f"({len(data.train)} train examples), device {device}", flush=True)
 
@@ -187,7 +195,7 @@ def run_steptime(args: argparse.Namespace) -> int:
         write_json(args.json, report(results, calibration, machine_info([device])))
         print(f"wrote {args.json}")
     if not args.no_track:
-        uri = log_to_mlflow(results, calibration, args.tracking_uri, args.experiment)
+        log_to_mlflow(results, calibration, uri, args.experiment)
         from bench.tracking import redact
         print(f"logged {len(results)} run(s) to experiment {args.experiment!r} at {redact(uri)}")
     return 0

@@ -13,9 +13,16 @@ def run_sync(args: argparse.Namespace) -> int:
     from bench.tracking.ops import Store
     from bench.tracking.redaction import redact_url
     from bench.tracking.spool import default_spool_dir, sync_spool
+    from bench.tracking.store import check_database_reachable
 
     uri = resolve_tracking_uri(args.tracking_uri)
     spool = Path(args.spool_dir) if args.spool_dir else default_spool_dir()
+    if spool.exists() and not spool.is_dir():
+        raise CLIError(f"--spool-dir {spool}: not a folder")
+    try:
+        check_database_reachable(uri)
+    except CLIError as exc:
+        raise CLIError(f"{exc} Nothing was sent: the writes stay spooled in {spool}") from None
     try:
         report = sync_spool(Store(make_client(uri), uri), spool)
     except CLIError:

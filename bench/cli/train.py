@@ -101,9 +101,27 @@ def spare_a_core(model) -> None:
         torch.set_num_threads(threads - 1)
 
 
+def check_sizes(model_cfg, train_cfg, data) -> None:
+    """Sizes that can never fit the device's memory, refused in one line before a run is created: the
+    model with its gradients and Adam's two moments (4 float32 copies of its parameters, counted on
+    torch's meta device, where nothing is allocated) and the importance-weighted test bound."""
+    import torch
+
+    from bench.data.memory import check_fits, check_iw_fits
+    from models import CVAE
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in CVAE(model_cfg).parameters())
+    device = train_cfg.resolve_device()
+    check_fits(16 * params, f"the model ({params:.3g} parameters: --hidden, --latent-dim, --flow-length) with its "
+                            "gradients and Adam's state", device)
+    check_iw_fits(train_cfg.iw_samples, data.input_shape, device)
+
+
 def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
-    """The checkpoint of run ``args.resume`` to continue (local, else its MLflow artifact), or None;
-    why not, in one line on stderr. Returns (state or None, the RunCheckpoints of that run)."""
+    """The checkpoint of run ``args.resume`` to continue (local, else its MLflow artifact). None of it
+    usable: a :class:`CLIError` saying why, or with ``--fresh-if-missing`` None and why on stderr.
+    Returns (state or None, the RunCheckpoints of that run)."""
     from bench.tracking import resolve_tracking_uri
     from bench.tracking.checkpoints import RunCheckpoints, run_key_of
     from bench.training.checkpoint_store import run_key
@@ -114,8 +132,11 @@ def find_resume(args: argparse.Namespace, model_cfg, train_cfg, data):
     found = old.find(run_fingerprint(model_cfg, train_cfg, data), train_cfg.epochs, tracking_uri=uri,
                      dead_run_id=args.resume)
     if found.state is None:
-        print(f"--resume {args.resume}: {found.message or 'no checkpoint of that run; starting at epoch 1'}",
-              file=sys.stderr)
+        why = (found.message or "no checkpoint of that run").removesuffix("; starting at epoch 1")
+        if not args.fresh_if_missing:
+            raise CLIError(f"--resume {args.resume}: cannot resume: {why}; give --fresh-if-missing to train from "
+                           "epoch 1 in a new run instead")
+        print(f"--resume {args.resume}: {why}; --fresh-if-missing: starting at epoch 1", file=sys.stderr)
     else:
         print(f"--resume {args.resume}: continuing after epoch {found.epoch} ({found.source} checkpoint)")
     return found.state, old
@@ -138,6 +159,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"variant={args.variant!r}: must be one of {', '.join(VARIANTS)}")
     if args.metrics_json:
         check_writable(args.metrics_json, "--metrics-json")
+    if args.fresh_if_missing and not args.resume:
+        raise CLIError("--fresh-if-missing: only with --resume RUN_ID")
     if args.checkpoint_every < 0:
         raise CLIError(f"--checkpoint-every {args.checkpoint_every}: must be an integer >= 0 (epochs; 0: never)")
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -157,6 +180,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         data = load_data_from_args(args)
         model_cfg, train_cfg = configs_from_args(args, data)
+        check_sizes(model_cfg, train_cfg, data)
         print(f"cvae-bench train: {model_cfg.variant} on {data.name} ({len(data.train)}/{len(data.val)}/"
               f"{len(data.test)} train/val/test, likelihood {model_cfg.likelihood}, "
               f"device {train_cfg.resolve_device()})")

@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.data.digits import load_digits
 from bench.data.errors import DatasetError
 from bench.data.image_folder import load_image_folder
+from bench.data.memory import check_seed
 from bench.data.names import DATASETS, IMAGEFOLDER_PREFIX
 from bench.data.splits import DataSplits
 from bench.data.torchvision_sets import load_torchvision_set
@@ -62,6 +63,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
         raise DatasetError(f"limit={limit!r}: must be an integer >= 1")
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise DatasetError(f"val_fraction={val_fraction!r}: must be in [0, 1)")
+    check_seed(seed)
 
     if name.startswith(IMAGEFOLDER_PREFIX):
         path = name[len(IMAGEFOLDER_PREFIX):]

@@ -138,6 +138,12 @@ def assemble(name: str, parts: list[tuple[torch.Tensor, torch.Tensor, np.ndarray
              class_names: tuple[str, ...], levels: int, image_size: int | None,
              limit: int | None) -> DataSplits:
     """Build :class:`DataSplits` from integer images: parts are (x uint8, y, indices) per split."""
+    if image_size is not None:  # float32 images of that size, every split, before any is made
+        from bench.data.memory import check_fits
+
+        channels = parts[0][0].shape[1]
+        n = sum(len(idx) if limit is None else min(limit, len(idx)) for _, _, idx in parts)
+        check_fits(n * channels * image_size**2 * 5, f"{name}: --image-size {image_size} ({n} images)")
     splits = []
     for x, y, idx in parts:
         if limit is not None:

@@ -54,5 +54,10 @@ def load_benchmark_data(name: str, root: str | Path | None = None, *, seed: int 
                         download: bool = False) -> DataSplits:
     """A data set by name (see :func:`bench.data.load_dataset`) or ``synthetic:HxW``."""
     if name.startswith(SYNTHETIC_PREFIX):
-        return synthetic_splits(parse_synthetic(name), n=synthetic_n, seed=seed)
+        from bench.data.memory import check_fits, check_seed
+
+        shape = parse_synthetic(name)
+        check_seed(seed)
+        check_fits(4 * (synthetic_n + 200) * shape[0] * shape[1] * shape[2], f"dataset {name} ({synthetic_n} images)")
+        return synthetic_splits(shape, n=synthetic_n, seed=seed)
     return load_dataset(name, root, download=download, seed=seed)

@@ -8,11 +8,11 @@ Files
 -----
 Downloaded files live under :func:`bench.data.default_data_root` unless ``root`` says otherwise, and
 are fetched only with ``download=True`` (``--download``). A missing file raises :class:`DatasetError`
-with one line naming the folder and the expected files. Files in the genuine formats (IDX for the
-MNISTs, pickled batches for CIFAR-10) load even when they are not the official release (torchvision
-pins CIFAR-10 to the official md5s; see :func:`_cifar10_class`). The CIFAR-10 batches are Python
-pickles, read with :func:`pickle.load` exactly as torchvision does: only point ``root`` at files you
-trust.
+with one line naming the folder and the expected files. IDX files (the MNISTs) in the genuine format
+load even when they are not the official release. The CIFAR-10 batches are Python pickles, and
+unpickling a file can run any code its author chose: each is read only once its md5 equals the
+official release's (the checksums torchvision pins, :func:`cifar10_checksums`); a file that differs
+is refused by name (:func:`verify_cifar10`) before anything is unpickled.
 """
 
 from __future__ import annotations
@@ -124,19 +124,43 @@ CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "
                "test_batch", "batches.meta")
 
 
+def cifar10_checksums() -> dict[str, str]:
+    """File name -> md5 of each file of the official CIFAR-10 python release, as torchvision pins them."""
+    from torchvision.datasets import CIFAR10
+
+    return {**dict(CIFAR10.train_list + CIFAR10.test_list), CIFAR10.meta["filename"]: CIFAR10.meta["md5"]}
+
+
+def verify_cifar10(folder: Path) -> None:
+    """:class:`DatasetError` naming the first file of ``folder`` whose md5 is not the official one.
+
+    Nothing is unpickled before this passed: a planted pickle would run its code when loaded.
+    """
+    from torchvision.datasets.utils import calculate_md5
+
+    for name, expected in cifar10_checksums().items():
+        path = folder / name
+        try:
+            actual = calculate_md5(path)
+        except OSError as err:
+            raise DatasetError(f"cifar10: cannot read {path}: {describe(err)}") from None
+        if actual != expected:
+            raise DatasetError(f"cifar10: {path} is not the official CIFAR-10 file (md5 {actual}, expected "
+                               f"{expected}); CIFAR-10 batches are Python pickles, which can run code when "
+                               "read, so it is not read: replace it with the official release (--download "
+                               "fetches it into an empty --data-root)")
+
+
 def _cifar10_class() -> type:
     from torchvision.datasets import CIFAR10
 
-    class _CIFAR10AnyRelease(CIFAR10):
-        """torchvision's CIFAR10, accepting any files in the genuine pickled-batch format.
+    class _VerifiedCIFAR10(CIFAR10):
+        """torchvision's CIFAR10 reading files that :func:`verify_cifar10` has just checked.
 
-        torchvision verifies the md5 of every batch (``_check_integrity``) and, separately, of
-        ``batches.meta`` (inside ``_load_meta``, through the module-level ``check_integrity``).
-        Those md5s pin the official release; files in the same format that are not byte-identical
-        (a re-pickled copy, a subset, the small files the tests write) would be rejected as
-        "not found or corrupted". Both checks are reduced to "the files exist"; parsing stays
-        torchvision's own. Downloads are still verified: :func:`read_cifar10` fetches the
-        archive with torchvision's md5-checked ``download_and_extract_archive``.
+        torchvision hashes every batch (``_check_integrity``) and ``batches.meta`` (inside
+        ``_load_meta``) again and says only "not found or corrupted"; :func:`read_cifar10` verifies
+        them first, naming the file that fails, so here both checks are "the files exist" and the
+        parsing stays torchvision's own.
         """
 
         def _check_integrity(self) -> bool:
@@ -153,7 +177,7 @@ def _cifar10_class() -> type:
             self.classes = data[self.meta["key"]]
             self.class_to_idx = {_class: i for i, _class in enumerate(self.classes)}
 
-    return _CIFAR10AnyRelease
+    return _VerifiedCIFAR10
 
 
 def read_cifar10(root: Path, download: bool) -> tuple[RawSplit, RawSplit, tuple[str, ...]]:
@@ -173,6 +197,7 @@ def read_cifar10(root: Path, download: bool) -> tuple[RawSplit, RawSplit, tuple[
                                          md5=CIFAR10.tgz_md5)
         except (RuntimeError, OSError) as err:
             raise DatasetError(f"cifar10: download to {root} failed: {one_line(err)}") from None
+    verify_cifar10(folder)
     cls = _cifar10_class()
     try:
         train = cls(str(root), train=True, download=False)

@@ -23,6 +23,8 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+from bench.errors import CLIError
+
 #: The name of the lock :func:`mlflow_schema_lock` takes on an SQLite file.
 MLFLOW_SCHEMA_LOCK = "mlflow-schema"
 
@@ -69,9 +71,13 @@ class FileLock(StoreLock):
         self._fh = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fh = open(self.path, "a+")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fh = open(self.path, "a+")
+            except OSError as exc:  # a read-only folder: a store there cannot be written either
+                raise CLIError(f"cannot create the lock file {self.path} ({exc.strerror or exc}); the folder of "
+                               "the store must be writable") from None
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 if os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino:

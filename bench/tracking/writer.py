@@ -53,13 +53,17 @@ class TrackingError(CLIError):
     """A write failed for good, or the writer process died: a run is incomplete."""
 
 
-def _mlflow_installed() -> bool:
+def require_mlflow() -> None:
+    """:class:`CLIError` unless MLflow is installed here (the writer process imports it)."""
     import importlib.util
 
     try:
-        return importlib.util.find_spec("mlflow") is not None
+        found = importlib.util.find_spec("mlflow") is not None
     except ValueError:  # blocked (``sys.modules["mlflow"] = None``)
-        return False
+        found = False
+    if not found:
+        raise CLIError("MLflow is not installed here (pip install mlflow), so nothing can be tracked: "
+                       "pass --no-track")
 
 
 def flush_bound_s() -> float:
@@ -85,9 +89,7 @@ class TrackingWriter:
 
     def __init__(self, tracking_uri: str, *, spool_dir: str | Path | None = None, sync: bool = False,
                  niceness: int = NICENESS) -> None:
-        if not _mlflow_installed():
-            raise CLIError("MLflow is not installed here (pip install mlflow), so nothing can be tracked: "
-                           "pass --no-track")
+        require_mlflow()
         self.tracking_uri = tracking_uri
         reply_read, reply_write = os.pipe()
         root = str(Path(__file__).resolve().parents[2])  # the writer runs this same code

@@ -74,6 +74,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cvae-bench {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        message = allocation_failure(exc)
+        if message is None:
+            raise
+        print(f"cvae-bench {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+#: How torch and CUDA word a failed allocation (CPU: DefaultCPUAllocator; CUDA: torch.OutOfMemoryError).
+ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "not enough memory")
+
+
+def allocation_failure(exc: BaseException) -> str | None:
+    """One line for an allocation that failed (a size too large for the machine, missed by the commands'
+    own checks), None for any other error. Commands refuse sizes that can never fit before they store
+    anything (``bench.data.memory.check_fits``); this is the net under those checks."""
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, MemoryError) and not any(words in text.lower() for words in ALLOCATION_FAILURES):
+        return None
+    detail = text.split("DefaultCPUAllocator: ")[-1][:200] or type(exc).__name__
+    return (f"out of memory ({detail}); smaller sizes need less (--batch-size, --hidden, --latent-dim, "
+            "--image-size, --iw-samples, --n, ...)")
 
 
 def run() -> int:

@@ -186,6 +186,24 @@ def test_rerun_with_the_same_total_runs_nothing_and_keeps_the_parent(main_study,
     assert len(main_study.runs()) == 5
 
 
+@pytest.mark.parametrize("other_data", [["--limit", "300"], [], ["--seed", "1", "--limit", "400"],
+                                        ["--image-size", "4", "--limit", "400"]])
+def test_rerun_on_other_data_is_refused_and_changes_nothing(main_study, capsys, other_data):
+    """Other --limit, --seed or --image-size would train new trials on other data in the same study."""
+    study = main_study.load()
+    attrs, trials, runs = study.user_attrs, len(study.trials), len(main_study.runs())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(main_study.root)
+        assert main(main_study.args("--trials", "5", "--epochs", "2", *other_data)) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and "was made with" in err and "Traceback" not in captured.out + err, err
+    option = (other_data or ["--limit"])[0]
+    assert f"{option.lstrip('-').replace('-', '_')}=" in err and f"({option})" in err
+    study = main_study.load()
+    assert study.user_attrs == attrs and len(study.trials) == trials and len(main_study.runs()) == runs
+
+
 def test_report_joins_trials_with_their_runs(main_study, tmp_path, capsys):
     from studies.report import study_report
 

@@ -90,3 +90,52 @@ def test_a_negative_checkpoint_every_is_a_one_line_error(tmp_path, monkeypatch, 
         code = exc.code
     assert code == 2
     assert "--checkpoint-every -1" in capsys.readouterr().err
+
+
+MISSING = "0123456789abcdef0123456789abcdef"  # a run id with no checkpoint anywhere
+QUICK = ["train", "--dataset", "digits", "--limit", "100", "--epochs", "1", "--iw-samples", "2", "--no-progress",
+         "--no-model"]
+
+
+def _run(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_resume_without_a_checkpoint_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    """It used to train from epoch 1 and exit 0: the user asked to resume."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = make_client(uri)  # an existing store (a new one makes MLflow log its table creation)
+    capsys.readouterr()
+    assert _run([*QUICK, "--tracking-uri", uri, "--resume", MISSING]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in captured.out + err, err
+    assert f"--resume {MISSING}: cannot resume" in err and "--fresh-if-missing" in err
+    assert "epoch" not in captured.out.split("\n", 1)[-1]  # no epoch table: nothing trained
+    experiment = client.get_experiment_by_name("cvae-bench-train")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])  # no run was made
+
+
+def test_resume_without_a_checkpoint_untracked_stops_too(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert _run([*QUICK, "--no-track", "--resume", MISSING]) == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_fresh_if_missing_trains_from_epoch_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert _run([*QUICK, "--no-track", "--resume", MISSING, "--fresh-if-missing",
+                 "--metrics-json", str(tmp_path / "m.json")]) == 0
+    captured = capsys.readouterr()
+    assert "--fresh-if-missing: starting at epoch 1" in captured.err
+    assert json.loads((tmp_path / "m.json").read_text())["test_neg_elbo"] > 0
+
+
+def test_fresh_if_missing_needs_resume(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert _run([*QUICK, "--no-track", "--fresh-if-missing"]) == 2
+    assert "--fresh-if-missing: only with --resume" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from bench.data import DATASETS, DatasetError, DataSplits, Split, default_data_root, load_dataset
+from bench.data import torchvision_sets
 
 
 def _labels(split: Split) -> set[int]:
@@ -250,8 +251,32 @@ def _write_cifar(root: Path) -> Path:
     return folder
 
 
-def test_cifar10(tmp_path):
-    _write_cifar(tmp_path)
+@pytest.fixture
+def trust_files(monkeypatch):
+    """Make the md5s of the CIFAR-10 files in ``folder`` the "official" ones (the real ones need the
+    170 MB release): the loader then verifies the tests' small files as it would the real ones."""
+    from torchvision.datasets.utils import calculate_md5
+
+    def trust(folder: Path) -> Path:
+        sums = {f.name: calculate_md5(f) for f in folder.iterdir()}
+        monkeypatch.setattr(torchvision_sets, "cifar10_checksums", lambda: sums, raising=False)
+        return folder
+
+    return trust
+
+
+class _Planted:
+    """Unpickling this creates ``marker``: the code a planted batch would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_cifar10(tmp_path, trust_files):
+    trust_files(_write_cifar(tmp_path))
     d = load_dataset("cifar10", root=tmp_path, val_fraction=0.2)
     assert d.name == "cifar10"
     assert d.input_shape == (3, 32, 32) and d.pixel_levels == 256
@@ -274,10 +299,47 @@ def test_cifar10(tmp_path):
     assert _labels(d.val) == {0, 1}  # stratified
 
 
-def test_cifar10_corrupt_batch_is_dataset_error(tmp_path):
-    folder = _write_cifar(tmp_path)
+def test_cifar10_corrupt_batch_is_dataset_error(tmp_path, trust_files):
+    folder = trust_files(_write_cifar(tmp_path))
     (folder / "data_batch_3").write_bytes(b"\x80\x04truncated")
     with pytest.raises(DatasetError) as err:
+        load_dataset("cifar10", root=tmp_path)
+    assert str(folder / "data_batch_3") in _assert_one_line(err)
+
+
+def test_cifar10_valid_but_unverified_pickle_is_dataset_error(tmp_path, trust_files):
+    """A batch in the genuine format whose checksum is not the trusted one: refused by name all the same."""
+    folder = trust_files(_write_cifar(tmp_path))
+    rows, labels = _cifar_rows(2, 100)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"batch_label": "x", "labels": labels, "data": rows, "filenames": ["z.png"] * 2}, f, protocol=2)
+    with pytest.raises(DatasetError, match="test_batch is not the official CIFAR-10 file") as err:
+        load_dataset("cifar10", root=tmp_path)
+    _assert_one_line(err)
+
+
+@pytest.mark.parametrize("planted_in", ["data_batch_2", "batches.meta"])
+def test_cifar10_planted_pickle_is_refused_unread(tmp_path, trust_files, planted_in):
+    folder = trust_files(_write_cifar(tmp_path))
+    marker = tmp_path / "code-ran"
+    with open(folder / planted_in, "wb") as f:
+        pickle.dump(_Planted(marker), f, protocol=2)
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cifar10", root=tmp_path)
+    assert f"{folder / planted_in} is not the official CIFAR-10 file" in _assert_one_line(err)
+    assert not marker.exists()  # refused before it was unpickled
+    pickle.loads((folder / planted_in).read_bytes())
+    assert marker.exists()  # what loading it would have done
+
+
+def test_cifar10_is_checked_against_torchvisions_official_checksums(tmp_path):
+    """Without the tests' trusted sums, the small files are not the official release: refused, first file named."""
+    from torchvision.datasets import CIFAR10
+
+    assert torchvision_sets.cifar10_checksums()["data_batch_1"] == dict(CIFAR10.train_list)["data_batch_1"]
+    assert torchvision_sets.cifar10_checksums()["batches.meta"] == CIFAR10.meta["md5"]
+    folder = _write_cifar(tmp_path)
+    with pytest.raises(DatasetError, match="data_batch_1 is not the official CIFAR-10 file") as err:
         load_dataset("cifar10", root=tmp_path)
     assert str(folder) in _assert_one_line(err)
 
