@@ -31,12 +31,14 @@ import os
 import socket
 import statistics
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 
 from bench import DataSplits, NonFiniteLossError, TrainConfig, fit, model_config
+from bench.errors import interrupt_reason
 from bench.tracking import NullTracker, RunHandle, config_params, log_fit, log_trained, run_tags
 from bench.tracking.checkpoints import RunCheckpoints
 from bench.training.checkpoint_store import trial_key
@@ -46,6 +48,8 @@ from studies.spec import OBJECTIVES
 
 #: Which process ran a trial (host:pid): a trial user attribute and a tag of its run.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+#: The user attribute of a trial stopped by Ctrl-C or SIGTERM (its study queues a retry that resumes it).
+INTERRUPTED = "interrupted"
 
 #: The trial user attributes a completed trial gets (last-epoch val metrics, medians of speed,
 #: every final test metric): what the suite's summary table is made of, with or without MLflow.
@@ -105,7 +109,8 @@ class Objective:
 
     def __init__(self, settings: TrialSettings, data: DataSplits, *, runs: ChildRuns | None = None,
                  data_options: Mapping[str, Any] | None = None, datasets: Sequence[Mapping[str, str]] = (),
-                 make_callbacks: Callable[[optuna.Trial], list] | None = None) -> None:
+                 make_callbacks: Callable[[optuna.Trial], list] | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.data = data
         self.datasets = list(datasets)  # the run inputs (bench.tracking.dataset_inputs)
@@ -113,6 +118,10 @@ class Objective:
         self.data_options = dict(data_options or {})
         self.make_callbacks = make_callbacks
         self.names = OBJECTIVES[settings.objective]
+        #: Set when Ctrl-C or SIGTERM stops the study: trials in other threads (``--jobs``) stop at their next
+        #: epoch with the same exception (``interrupted_by``) as the main thread's.
+        self.stop = stop
+        self.interrupted_by: BaseException | None = None
         #: Where the one-line notes go (a retry that cannot resume says why).
         self.notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
@@ -134,7 +143,7 @@ class Objective:
         checkpoints = self._checkpoints(trial, tracker, chain)
         resume = self._resume(trial, tracker, checkpoints, model_cfg, train_cfg, dead_run_id) \
             if retry_of is not None else None
-        callbacks: list = [tracker]
+        callbacks: list = [tracker, self._stop_if_interrupted]
         if len(self.names) == 1:
             callbacks.append(PruningReporter(trial, s.epochs, self.names[0]))
         if self.make_callbacks:
@@ -142,13 +151,17 @@ class Objective:
         logged = dict(log_model=s.log_model, params=params, datasets=self.datasets,
                       tags={"variant": s.variant, "study_name": s.study_name, "trial_number": trial.number})
         try:
+            interrupted = False
             try:
                 # the figures and the model go to the writer once trained, while the test metrics are computed
                 result = fit(model_cfg, train_cfg, self.data, callbacks=callbacks, progress=False,
                              checkpoint=checkpoints, checkpoint_every=s.checkpoint_every, resume=resume,
                              on_trained=lambda trained: log_trained(tracker, trained, **logged))
+            except KeyboardInterrupt:
+                interrupted = True  # its retry resumes from the last checkpoint
+                raise
             finally:
-                if not s.keep_checkpoints:
+                if not s.keep_checkpoints and not interrupted:
                     checkpoints.remove()  # a finished trial (complete, pruned or failed) needs none
             log_fit(tracker, result, trained=True, **logged)
         except optuna.TrialPruned as exc:
@@ -157,8 +170,9 @@ class Objective:
         except NonFiniteLossError as exc:
             self._end(trial, tracker, "FAIL", "FAILED", str(exc))
             return math.nan if len(self.names) == 1 else tuple(math.nan for _ in self.names)
-        except KeyboardInterrupt:
-            self._end(trial, tracker, "FAIL", "KILLED", "interrupted")
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the study retries the trial (studies.runner)
+            trial.set_user_attr(INTERRUPTED, True)
+            self._end(trial, tracker, "FAIL", "KILLED", interrupt_reason(exc))
             raise
         except Exception as exc:
             self._end(trial, tracker, "FAIL", "FAILED", f"{type(exc).__name__}: {exc}")
@@ -173,6 +187,11 @@ class Objective:
         self._end(trial, tracker, "COMPLETE", "FINISHED", None)
         values = tuple(float(last[name]) for name in self.names)
         return values[0] if len(values) == 1 else values
+
+    def _stop_if_interrupted(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Fit callback: raise the study's interrupt in a trial of another thread."""
+        if self.stop is not None and self.stop.is_set() and self.interrupted_by is not None:
+            raise type(self.interrupted_by)()
 
     def _checkpoints(self, trial: optuna.Trial, tracker: RunHandle | NullTracker, chain: int) -> RunCheckpoints:
         """The trial's checkpoint sink. ``checkpoint_runs`` (user attribute, copied to a heartbeat retry)

@@ -31,12 +31,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import CLIError, DataSplits, environment_tags, load_dataset, resolve_device, resolve_tracking_uri, ui_hint
+from bench.errors import interrupt_reason
 from bench.data.memory import check_iw_fits
 from bench.tracking import RunHandle, TrackingWriter, check_tracking_uri, redact_url
 from bench.tracking.dataset_inputs import dataset_inputs
 from bench.tracking.ops import now_ms
 from studies.lock import study_lock
-from studies.objective import ChildRuns, Objective, TrialSettings
+from studies.objective import INTERRUPTED, WORKER_ID, ChildRuns, Objective, TrialSettings
 from studies.registry import (
     ALIAS,
     Registration,
@@ -244,9 +245,9 @@ class StudyRun:
             raise
         try:
             outcome = self._optimize(study, storage, parent, lock_url)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the trial in flight is queued again (_optimize)
             if parent:
-                parent.end("KILLED", "interrupted")
+                parent.end("KILLED", interrupt_reason(exc))
             self._close_tracking()
             raise
         except BaseException as exc:
@@ -282,9 +283,10 @@ class StudyRun:
                         "image_size": spec.image_size or "native", "n_train": len(self.data.train),
                         "n_val": len(self.data.val), "n_test": len(self.data.test)}
         datasets = dataset_inputs(self.data) if runs is not None else []
-        objective = Objective(settings, self.data, runs=runs, data_options=data_options, datasets=datasets)
-        progress = _Progress(spec, finished_before, self.progress, self.stream)
         stop = threading.Event()
+        objective = Objective(settings, self.data, runs=runs, data_options=data_options, datasets=datasets,
+                              stop=stop)
+        progress = _Progress(spec, finished_before, self.progress, self.stream)
 
         def guard(study: optuna.Study, trial: FrozenTrial) -> None:
             if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
@@ -302,12 +304,16 @@ class StudyRun:
                 ran[j] = run_until_total(own, objective, spec.trials, lambda: study_lock(lock_url, spec.name),
                                          timeout=spec.timeout, callbacks=[progress, guard], stop_event=stop,
                                          poll_seconds=1.0)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM (in a job thread: the main thread's, passed on)
+                if threading.current_thread() is threading.main_thread():
+                    raise
             except BaseException as exc:  # noqa: BLE001 -- re-raised by the main thread
                 errors.append(exc)
                 stop.set()
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            threads: list[threading.Thread] = []
             try:
                 if spec.jobs == 1:
                     work(0)
@@ -318,8 +324,13 @@ class StudyRun:
                     for t in threads:
                         while t.is_alive():
                             t.join(timeout=0.5)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
+                # The main thread's trial has stopped; the jobs' trials stop at their next epoch (Objective.stop).
+                objective.interrupted_by = exc
                 stop.set()
+                for t in threads if spec.jobs > 1 else ():
+                    t.join(timeout=60)
+                retry_interrupted(study)
                 raise
             finally:
                 progress.close()
@@ -358,6 +369,19 @@ class StudyRun:
                 parent.set_tags({"registered_model": f"models:/{registration.name}@{ALIAS}"})
         parent.end("FINISHED")
         return notes, registration  # the registration is collected once the writer is done
+
+
+def retry_interrupted(study: optuna.Study) -> list[int]:
+    """Queue a retry (WAITING, same parameters and user attributes) of each trial this process ran that Ctrl-C
+    or SIGTERM stopped, so that the next invocation resumes it from its checkpoint as a heartbeat retry is
+    (``resumed_from_epoch``). Returns the interrupted trials' numbers."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED)
+               and t.user_attrs.get("worker") == WORKER_ID and t.number not in retried]
+    for trial in stopped:
+        retry_stale_trial()(study, trial)
+    return [t.number for t in stopped]
 
 
 def remove_finished_checkpoints(study: optuna.Study, name: str, writer: Any = None) -> bool:
@@ -401,6 +425,21 @@ def stored_settings(storage_url: str, study_name: str, heartbeat: int) -> dict[s
     return settings_from_attrs(attrs)
 
 
+def _quiet_failed_trials() -> None:
+    """Drop Optuna's "Trial N failed ..." warnings (an interrupted trial's come with a traceback): the study's
+    own line per trial says how each ended and why (:func:`describe_trial`)."""
+    import logging
+
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _FailedTrialFilter) for f in logger.filters):
+        logger.addFilter(_FailedTrialFilter())
+
+
+class _FailedTrialFilter:
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("Trial ")
+
+
 def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool = True,
               stream: TextIO | None = None, sampler_salt: int = 0, writer: TrackingWriter | None = None) -> StudyOutcome:
     """Run (or resume) the study ``spec`` on ``data`` (loaded from the spec when None).
@@ -411,6 +450,7 @@ def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool
     import torch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_failed_trials()
     data = data if data is not None else load_data(spec)
     check_iw_fits(spec.iw_samples, data.input_shape, resolve_device(spec.device))  # before any trial trains
     threads = torch.get_num_threads()

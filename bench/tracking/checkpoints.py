@@ -11,6 +11,7 @@ the last epoch wins; every source that fails adds its reason to a one-line messa
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,21 @@ class RunCheckpoints:
         self.writer, self.earlier_runs = writer, [r for r in earlier_runs if r]
         self.path = checkpoint_path(key, root)
         self.written = 0
+        self.warned = False
 
     def __call__(self, epoch: int, state: dict[str, Any]) -> None:
-        """Write the checkpoint of ``epoch``: the local file, then the run's artifact."""
-        ckpt.save(state, self.path)
+        """Write the checkpoint of ``epoch``: the local file, then the run's artifact. A checkpoint that cannot
+        be written (a full or read-only disk) is skipped, with one warning per run: training goes on, a lost
+        worker's retry then starts from the last one written, or from epoch 1."""
+        try:
+            ckpt.save(state, self.path)
+        except (OSError, RuntimeError) as exc:  # torch.save's own write failures are RuntimeErrors
+            if not self.warned:
+                reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
+                print(f"warning: checkpoint of epoch {epoch} not written ({reason}: {self.path}); "
+                      "training goes on without checkpoints", file=sys.stderr, flush=True)
+            self.warned = True
+            return
         self.written += 1
         if self.tracker is not None:
             self.tracker.log_file(str(self.path), ARTIFACT_DIR)

@@ -29,7 +29,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Mapping, Sequence
 
-from bench.errors import CLIError
+from bench.errors import CLIError, interrupt_reason
 from bench.tracking.ops import LOCAL_PREFIX, new_id, now_ms
 from bench.tracking.redaction import redact_url
 
@@ -396,7 +396,7 @@ class RunHandle:
         if exc_type is None:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.end("KILLED", "interrupted")
+            self.end("KILLED", interrupt_reason(exc))
         else:
             self.end("FAILED", f"{exc_type.__name__}: {exc}")
 

@@ -7,10 +7,12 @@ print one line ``cvae-bench <command>: error: ...`` to stderr and exit with stat
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from bench.cli.arguments import OneLineParser
-from bench.errors import CLIError
+from bench.errors import CLIError, Terminated, interrupt_reason, raise_terminated
 from models.config import ConfigError
 
 #: Each module defines ``add_parser(subparsers)``, which registers one subcommand whose
@@ -66,14 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     configure_mlflow_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops a command as Ctrl-C does
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"cvae-bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"cvae-bench {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"cvae-bench {args.command}: {interrupt_reason(exc)}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except (MemoryError, RuntimeError) as exc:
         message = allocation_failure(exc)
         if message is None:
