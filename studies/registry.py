@@ -1,7 +1,9 @@
 """What a study keeps: its best trial's logged model registered under the study's name, alias ``best``.
 
-``neg-elbo`` studies register their best COMPLETE trial; ``rate-distortion`` studies register every
-trial on the Pareto front, ``best`` on the one of lowest ``val_neg_elbo``. Each invocation registers
+``neg-elbo`` studies register their best feasible COMPLETE trial; ``rate-distortion`` studies register
+every trial on the Pareto front of the feasible trials, ``best`` on the one of lowest ``val_neg_elbo``.
+A trial whose model leaves its latent unused is infeasible (:mod:`studies.feasibility`) and never
+registered; a study without a feasible trial registers nothing (the study's notes say why). Each invocation registers
 what is not registered yet (a model is never registered twice) and moves ``best`` when a better
 trial has appeared. Model versions carry the trial number, the study and its ``val_neg_elbo``.
 
@@ -15,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from bench.tracking import redact_url
 from bench.tracking.logged_model import MODEL_ID_TAG, find_run_model, version_model_id
+from studies.feasibility import completed, is_feasible
 from studies.spec import StudySpec
 
 ALIAS = "best"
@@ -45,15 +48,16 @@ class Registration:
 
 
 def trials_to_register(study: optuna.Study, objective_names: tuple[str, ...]) -> tuple[list[FrozenTrial], FrozenTrial | None]:
-    """(the trials to register, the one to alias ``best``): the best COMPLETE trial, or the Pareto front
-    with ``best`` on the lowest ``val_neg_elbo``."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    """(the trials to register, the one to alias ``best``), among the feasible trials only
+    (:mod:`studies.feasibility`): the best one, or the Pareto front of the feasible trials with ``best``
+    on the lowest ``val_neg_elbo``. No feasible trial: nothing."""
+    feasible, _ = completed(study)
+    if not feasible:
         return [], None
     if len(objective_names) == 1:
-        best = min(complete, key=lambda t: t.value)
+        best = min(feasible, key=lambda t: t.value)
         return [best], best
-    front = study.best_trials
+    front = [t for t in study.best_trials if is_feasible(t)]  # Optuna's front skips infeasible trials already
     best = min(front, key=lambda t: t.user_attrs.get("val_neg_elbo", sum(t.values)))
     return sorted(front, key=lambda t: t.number), best
 

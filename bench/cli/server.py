@@ -16,6 +16,7 @@ import sys
 
 from bench.errors import CLIError
 from bench.tracking.redaction import redact_url
+from bench.tracking.ui_links import ui_link
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -52,7 +53,8 @@ def run_server(args: argparse.Namespace) -> int:
     cmd = server_command_line(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
                               args.workers, extra)
     print(f"cvae-bench server: MLflow tracking server on http://{args.host}:{args.port} "
-          f"(backend {redact_url(args.backend_store_uri)}, artifacts {args.artifacts_destination})", flush=True)
+          f"(backend {redact_url(args.backend_store_uri)}, artifacts {args.artifacts_destination}); UI: "
+          f"{ui_link(f'http://{args.host}:{args.port}', '/experiments')}", flush=True)
     print(f"  workers: --tracking-uri http://{args.host}:{args.port}   (Ctrl-C stops the server)", flush=True)
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY=os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"))
     proc = subprocess.Popen(cmd, env=env)

@@ -179,6 +179,7 @@ def run_train(args: argparse.Namespace) -> int:
         from bench.data import dataset_slug
         from bench.evaluation import collapse_note
         from bench.tracking import log_fit, log_trained, resolve_tracking_uri, ui_hint
+        from bench.tracking.ui_links import run_link
         import torch
 
         from bench.training import fit
@@ -245,8 +246,10 @@ def run_train(args: argparse.Namespace) -> int:
             unwritten = CLIError(f"--metrics-json {args.metrics_json}: cannot write it ({exc.strerror or exc})")
     if tracking:
         run_id = tracking.finish()
-        print(f"tracked as MLflow run {run_id} in experiment {args.experiment!r} "
-              f"({ui_hint(resolve_tracking_uri(args.tracking_uri))})")
+        uri = resolve_tracking_uri(args.tracking_uri)
+        link = f": {run_link(uri, run_id, tracking.experiment_id)}" if tracking.experiment_id else ""
+        print(f"tracked as MLflow run {run_id} in experiment {args.experiment!r}{link}")
+        print(f"MLflow UI: {ui_hint(uri)}")
         if not args.no_model:
             print(f"logged model of run {run_id}: `cvae-bench sample --model {run_id} --out samples.png`, "
                   f"`cvae-bench evaluate --model {run_id} --dataset {args.dataset}`")

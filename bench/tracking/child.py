@@ -178,7 +178,7 @@ class _Child:
                 detail = f"tracking store {redact_url(tracking_uri)}: {detail}"
             self.reply("error", "open", detail)
             return 1
-        self.reply("run", self.tracker.run_id)
+        self.reply("run", self.tracker.run_id, experiment_id)
         try:
             for step in steps:
                 _run_step(step)

@@ -91,6 +91,7 @@ class TrackingProcess:
         _widen(self.proc.stdin.fileno())
         self._writer = PipeWriter(self.proc.stdin)
         self.run_id: str | None = None
+        self.experiment_id: str | None = None  # the run's experiment, once the child has made the run
         self.error: tuple[str, str] | None = None  # (phase, message) reported by the child
         self.done = False
         self.note: str | None = None  # from the child when done: writes left in the spool (server down)
@@ -258,7 +259,7 @@ class TrackingProcess:
             while (message := read_message(self._replies)) is not None:
                 kind = message[0]
                 if kind == "run":
-                    self.run_id = message[1]
+                    self.run_id, self.experiment_id = message[1], message[2]
                 elif kind == "error":
                     self.error = (message[1], message[2])
                 elif kind == "done":
