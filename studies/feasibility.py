@@ -22,6 +22,9 @@ from typing import Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+#: The trial system attribute of constraints as a list (``constraints_func``'s format).
+LEGACY_CONSTRAINTS_KEY = "constraints"
+
 
 def judge_trial(trial: optuna.Trial, model, data, val_kl: float) -> str | None:
     """Measure whether ``model`` (the trial's trained CVAE) uses its latent on ``data.val`` and record it
@@ -31,8 +34,12 @@ def judge_trial(trial: optuna.Trial, model, data, val_kl: float) -> str | None:
 
     units = float(active_units(model, data.val))
     trial.set_user_attr("val_active_units", units)
-    for key, value in latent_constraints(units, val_kl).items():
+    constraints = latent_constraints(units, val_kl)
+    for key, value in constraints.items():
         trial.set_constraint(key, value)
+    # optuna-dashboard (0.21) reads only the unnamed list that the samplers' constraints_func wrote
+    # (Optuna reads both): the same values under that key, so that it greys the trial out too.
+    trial.storage.set_trial_system_attr(trial._trial_id, LEGACY_CONSTRAINTS_KEY, list(constraints.values()))
     reason = latent_unused_reason(units, val_kl)
     if reason is not None:
         trial.set_user_attr("infeasible_reason", f"{reason} on the validation split")
@@ -60,6 +67,17 @@ def best_trial(study: optuna.Study, objective_names: Sequence[str]) -> FrozenTri
     if len(objective_names) == 1:
         return min(feasible, key=lambda t: t.value)
     return min(feasible, key=lambda t: sum(t.values))
+
+
+def record_selection(study: optuna.Study, objective_names: Sequence[str]) -> None:
+    """Keep the selection in the study's user attributes, where optuna-dashboard shows them (its Best
+    Trial card ignores constraints): ``best_feasible_trial`` (-1: none) and ``infeasible_trials``."""
+    best = best_trial(study, objective_names)
+    selection = {"best_feasible_trial": best.number if best is not None else -1,
+                 "infeasible_trials": len(completed(study)[1])}
+    for key, value in selection.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
 
 
 def selection_note(study: optuna.Study) -> str | None:

@@ -3,7 +3,7 @@
 Objectives (:data:`studies.spec.OBJECTIVES`; nats per example, on the validation split, last epoch):
 
 - ``neg-elbo``: minimise ``val_neg_elbo``; it is reported every epoch, so the pruner can stop a
-  trial early (Optuna's ``TrialPruned``; the run ends FINISHED, named ``<variant>-trial-<n> (pruned)``,
+  trial early (Optuna's ``TrialPruned``; the run ends FINISHED, named ``pruned: <variant>-trial-<n>``,
   tag ``trial_state=PRUNED``).
 - ``rate-distortion``: minimise (``val_recon``, ``val_kl``); the Pareto front is the
   rate-distortion curve. Multi-objective trials cannot be pruned.
@@ -59,7 +59,8 @@ SUMMARY_ATTRS = ("val_neg_elbo", "val_recon", "val_kl", "samples_per_s", "step_m
 
 
 def run_name(variant: str, number: int) -> str:
-    """A trial's run (and logged model) name: ``<variant>-trial-<n>``; a pruned trial's run adds `` (pruned)``."""
+    """A trial's run (and logged model) name: ``<variant>-trial-<n>``; a pruned trial's run is renamed
+    ``pruned: <variant>-trial-<n>``."""
     return f"{variant}-trial-{number}"
 
 
@@ -205,9 +206,9 @@ class Objective:
             model_tags = {"variant": s.variant, "study_name": s.study_name, "trial_number": trial.number}
             log_fit(tracker, result, log_model=False, datasets=self.datasets)
         except optuna.TrialPruned as exc:
-            # FINISHED, not KILLED: in the runs table KILLED and FAILED show the same red cross; the name
-            # tells a pruned trial from a complete one at a glance, a crashed trial keeps its red cross.
-            tracker.set_tags({"mlflow.runName": f"{run_name(s.variant, trial.number)} (pruned)"})
+            # FINISHED, not KILLED: in the runs table KILLED and FAILED show the same red cross. The name
+            # starts with what happened (the table cuts long names short); a crashed trial keeps its cross.
+            tracker.set_tags({"mlflow.runName": f"pruned: {run_name(s.variant, trial.number)}"})
             self._end(trial, tracker, "PRUNED", "FINISHED", str(exc))
             raise
         except NonFiniteLossError as exc:

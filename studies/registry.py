@@ -5,7 +5,8 @@ every trial on the Pareto front of the feasible trials, ``best`` on the one of l
 A trial whose model leaves its latent unused is infeasible (:mod:`studies.feasibility`) and never
 registered; a study without a feasible trial registers nothing (the study's notes say why). Each invocation registers
 what is not registered yet (a model is never registered twice) and moves ``best`` when a better
-trial has appeared. Model versions carry the trial number, the study and its ``val_neg_elbo``.
+trial has appeared. Model versions carry the trial number, the study, its ``val_neg_elbo`` and what
+made it feasible (``val_kl``, ``val_active_units``).
 
 A tracking server that does not answer does not fail the study: the registration is reported as a
 note, and rerunning the same command (it runs no trial once the study is full) registers it.
@@ -102,7 +103,9 @@ def _register(client: Any, name: str, trials: list[FrozenTrial], best: FrozenTri
             mv = client.create_model_version(
                 name, source=model.artifact_location, run_id=run_id, model_id=model.model_id,
                 tags={MODEL_ID_TAG: model.model_id, "trial_number": str(trial.number), "study_name": spec.name,
-                      "val_neg_elbo": f"{trial.user_attrs.get('val_neg_elbo', float('nan')):.4f}"})
+                      "val_neg_elbo": f"{trial.user_attrs.get('val_neg_elbo', float('nan')):.4f}",
+                      "val_kl": f"{trial.user_attrs.get('val_kl', float('nan')):.4f}",
+                      "val_active_units": f"{trial.user_attrs.get('val_active_units', float('nan')):.0f}"})
             version = mv.version
             _link_version(client, model, name, str(version))
         registration.versions[trial.number] = str(version)

@@ -41,8 +41,8 @@ from bench import (
 from bench.tracking import LOCAL_PREFIX, redact_url, sync_spool
 from bench.tracking.dataset_inputs import dataset_inputs
 from bench.tracking.ui_links import registered_model_link, run_link
+from studies.feasibility import best_trial, completed, record_selection, selection_note
 from studies.lock import study_lock
-from studies.feasibility import best_trial, completed, selection_note
 from studies.objective import ChildRuns, Objective, TrialSettings
 from studies.registry import Registration, register_study_models
 from studies.spec import Role, StudySpec, attr_name, fields_of, setting_of, settings_from_attrs, study_attrs
@@ -364,6 +364,7 @@ class StudyRun:
         if not spec.keep_checkpoints:
             remove_finished_checkpoints(study, spec.name, self.client)
         counts = count_trials(study)
+        record_selection(study, spec.objective_names)
         notes: list[str] = []
         registration = None
         if parent is not None:

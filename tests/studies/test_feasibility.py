@@ -98,7 +98,10 @@ def test_judge_trial_measures_the_validation_split_and_sets_the_constraints(digi
     frozen = study.trials[0]
     units = frozen.user_attrs["val_active_units"]
     assert 0 <= units <= 4
-    assert frozen.constraints == pytest.approx(latent_constraints(units, 0.2))
+    named = latent_constraints(units, 0.2)
+    assert frozen.system_attrs["constraints"] == pytest.approx(list(named.values()))  # what optuna-dashboard reads
+    assert frozen.constraints == pytest.approx({**named, "0": named["active_units_missing"],
+                                                "1": named["kl_below_floor"]})
     assert reason is not None and "KL 0.200 < 0.693 nats" in reason
     assert frozen.user_attrs["infeasible_reason"] == f"{reason} on the validation split"
     assert not is_feasible(frozen) and study.best_trials == []

@@ -203,6 +203,7 @@ def test_a_new_study_stores_exactly_the_declared_attributes(tmp_path, monkeypatc
     # Besides the settings, what ran in Optuna's words (optuna-dashboard shows these), and the objective's name.
     assert attrs.pop("pruner_settings") == "MedianPruner(n_startup_trials=2, n_warmup_steps=0)"
     assert attrs.pop("sampler_settings") == "TPESampler(n_startup_trials=3, constant_liar=True)"
+    assert attrs.pop("infeasible_trials") + (attrs.pop("best_feasible_trial") >= 0) == 1  # the one trial's fate
     assert study.metric_names == ["val_neg_elbo"]
     assert set(attrs) == STORED_ATTRS
     assert attrs == study_attrs(StudySpec(trials=1, epochs=1, limit=200, iw_samples=5, seed=4))

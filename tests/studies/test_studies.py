@@ -147,7 +147,7 @@ def test_pruned_and_failed_runs_are_marked_with_their_reason(main_study):
     children = _children(main_study.runs(), main_study.load().user_attrs["mlflow_parent_run_id"])
     pruned = children[3]
     # FINISHED and named so (a green tick in the runs table); a crashed trial's run is FAILED (a red cross)
-    assert pruned.info.status == "FINISHED" and pruned.info.run_name == "beta-cvae-trial-3 (pruned)"
+    assert pruned.info.status == "FINISHED" and pruned.info.run_name == "pruned: beta-cvae-trial-3"
     assert pruned.data.tags["trial_state"] == "PRUNED"
     assert pruned.data.tags["end_reason"].startswith("pruned at epoch 1")
     assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val_kl")] == [1]
@@ -186,6 +186,8 @@ def test_parent_run_gets_plots_and_trials_table(main_study, tmp_path):
     parent = client.get_run(parent_id)
     assert parent.data.metrics["n_complete"] == 2 and parent.data.metrics["n_pruned"] == 1
     assert parent.data.metrics["n_infeasible"] == 1 and parent.data.tags["best_trial"] == "0"
+    attrs = main_study.load().user_attrs  # what optuna-dashboard shows of the selection
+    assert attrs["best_feasible_trial"] == 0 and attrs["infeasible_trials"] == 1
     assert parent.data.metrics["best_val_neg_elbo"] == pytest.approx(main_study.load().best_value)
 
 
