@@ -190,8 +190,9 @@ def log_summary(config: SuiteConfig, frame, table: str) -> tuple[str, str]:
                           tags={"run_kind": "suite", "dataset": config.dataset}) as run:
         run.log_params({"dataset": config.dataset, "variants": ",".join(config.variants), "trials": config.trials,
                         "epochs": config.epochs, "objective": config.objective})
-        metrics = {f"{row['variant']}/{col}": row[col] for row in frame.to_dict("records")
-                   for col in SUMMARY_COLUMNS if isinstance(row[col], float) and row[col] == row[col]}
+        metrics = {f"{row['variant']}/{col}": float(row[col]) for row in frame.to_dict("records")
+                   for col in SUMMARY_COLUMNS  # numbers (trial, finished and infeasible counts too), NaN left out
+                   if isinstance(row[col], (int, float)) and not isinstance(row[col], bool) and row[col] == row[col]}
         run.log_metrics(metrics)
         run.log_text(frame.to_csv(index=False), "suite_summary.csv")
         run.log_text(table + "\n", "suite_summary.md")

@@ -436,6 +436,7 @@ def test_suite_runs_every_variant_and_logs_a_summary(tmp_path, monkeypatch, caps
         assert complete and all(t.constraints for t in complete)  # every completed trial was judged
         row = next(line for line in table if name in line)
         assert row.split("|")[SUMMARY_COLUMNS.index("infeasible") + 1].strip() == str(len(complete) - len(feasible))
+        assert summary.data.metrics[f"{variant}/infeasible"] == len(complete) - len(feasible)
         if not feasible:  # one line says why, and nothing is registered
             assert name not in registered and "models:/" not in row
             assert f"note: {variant}: no feasible trial ({len(complete)} completed trials" in "\n".join(out)
