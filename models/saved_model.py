@@ -7,8 +7,9 @@ whose ``loader_module`` is this module, with the ``models`` package as its code)
     cvae.json   {"format": 1, "config": CVAEConfig.to_dict(), "class_names": [...]}
     cvae.pt     the state_dict (flows included), read back with ``torch.load(weights_only=True)``
 
-Through MLflow, ``mlflow.pyfunc.load_model(uri).predict(labels)`` draws one image per label
-(class indices or names): an array (N, C, H, W) float32 in [0, 1] (decoder means, z ~ N(0, I)).
+Through MLflow, ``mlflow.pyfunc.load_model(uri).predict({"label": [3, 7]})`` draws one image per
+label (class indices, the logged model's signature): an array (N, C, H, W) float32 in [0, 1]
+(decoder means, z ~ N(0, T^2 I); parameters ``temperature`` and ``seed``).
 """
 
 from __future__ import annotations
