@@ -7,8 +7,9 @@ whose ``loader_module`` is this module, with the ``models`` package as its code)
     cvae.json   {"format": 1, "config": CVAEConfig.to_dict(), "class_names": [...]}
     cvae.pt     the state_dict (flows included), read back with ``torch.load(weights_only=True)``
 
-Through MLflow, ``mlflow.pyfunc.load_model(uri).predict(labels)`` draws one image per label
-(class indices or names): an array (N, C, H, W) float32 in [0, 1] (decoder means, z ~ N(0, I)).
+Through MLflow, ``mlflow.pyfunc.load_model(uri).predict({"label": [3, 7]})`` draws one image per
+label (class indices, the logged model's signature): an array (N, C, H, W) float32 in [0, 1]
+(decoder means, z ~ N(0, T^2 I); parameters ``temperature`` and ``seed``).
 """
 
 from __future__ import annotations
@@ -112,14 +113,16 @@ class PyfuncCVAE:
         self.saved = saved
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        """``model_input``: labels (indices or class names) as a list, an array or a one-column DataFrame.
-        Returns (N, C, H, W) float32. ``params`` (``temperature``, default 1; ``seed``, default unseeded)
-        reach it when it is called directly; MLflow passes none (the logged model declares no signature)."""
+        """``model_input``: labels (indices or class names) as a list, an array or a one-column DataFrame
+        (what MLflow makes of a request ``{"inputs": {"label": [3, 7]}}`` under the logged model's
+        signature). Returns (N, C, H, W) float32 in [0, 1]. ``params``: ``temperature`` (default 1) and
+        ``seed`` (default, or < 0: fresh latent draws each call)."""
         if hasattr(model_input, "to_numpy"):
             model_input = model_input.to_numpy().reshape(-1)
         labels = [self.saved.label_index(v.item() if hasattr(v, "item") else v) for v in list(model_input)]
         params = params or {}
-        gen = torch.Generator().manual_seed(int(params["seed"])) if "seed" in params else None
+        seed = int(params.get("seed", -1))
+        gen = torch.Generator().manual_seed(seed) if seed >= 0 else None
         return self.saved.sample(labels, temperature=float(params.get("temperature", 1.0)), generator=gen).numpy()
 
     def unwrap_python_model(self) -> SavedCVAE:

@@ -3,9 +3,14 @@
 Objectives (:data:`studies.spec.OBJECTIVES`; nats per example, on the validation split, last epoch):
 
 - ``neg-elbo``: minimise ``val_neg_elbo``; it is reported every epoch, so the pruner can stop a
-  trial early (Optuna's ``TrialPruned``; the run ends KILLED, tag ``trial_state=PRUNED``).
+  trial early (Optuna's ``TrialPruned``; the run ends FINISHED, named ``pruned: <variant>-trial-<n>``,
+  tag ``trial_state=PRUNED``).
 - ``rate-distortion``: minimise (``val_recon``, ``val_kl``); the Pareto front is the
   rate-distortion curve. Multi-objective trials cannot be pruned.
+
+A completed trial's model is judged on the validation split (:func:`studies.feasibility.judge_trial`):
+one that leaves its latent unused is infeasible (Optuna constraints; run tags ``feasible`` and
+``infeasible_reason``, metric ``val_active_units``) and is never selected.
 
 Lost workers: every ``checkpoint_every`` epochs a trial saves its training state
 (:class:`bench.tracking.checkpoints.RunCheckpoints`: a local file keyed by study name and the first
@@ -43,6 +48,7 @@ from bench.tracking import NullTracker, RunHandle, config_params, log_fit, log_t
 from bench.tracking.checkpoints import RunCheckpoints
 from bench.training.checkpoint_store import trial_key
 from bench.training.loop import run_fingerprint
+from studies.feasibility import judge_trial
 from studies.search_space import suggest
 from studies.spec import OBJECTIVES
 
@@ -54,6 +60,12 @@ INTERRUPTED = "interrupted"
 #: The trial user attributes a completed trial gets (last-epoch val metrics, medians of speed,
 #: every final test metric): what the suite's summary table is made of, with or without MLflow.
 SUMMARY_ATTRS = ("val_neg_elbo", "val_recon", "val_kl", "samples_per_s", "step_ms", "train_seconds")
+
+
+def run_name(variant: str, number: int) -> str:
+    """A trial's run (and logged model) name: ``<variant>-trial-<n>``; a pruned trial's run is renamed
+    ``pruned: <variant>-trial-<n>``."""
+    return f"{variant}-trial-{number}"
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,7 @@ class ChildRuns:
     parent_run_id: str  # the parent's local id (or the store's id)
 
     def start(self, trial: optuna.Trial, tags: Mapping[str, Any]) -> RunHandle:
-        return self.writer.start_run(self.experiment, f"{tags['variant']}-trial-{trial.number}",
+        return self.writer.start_run(self.experiment, run_name(tags["variant"], trial.number),
                                      parent=self.parent_run_id, tags=tags)
 
 
@@ -165,7 +177,10 @@ class Objective:
                     checkpoints.remove()  # a finished trial (complete, pruned or failed) needs none
             log_fit(tracker, result, trained=True, **logged)
         except optuna.TrialPruned as exc:
-            self._end(trial, tracker, "PRUNED", "KILLED", str(exc))
+            # FINISHED, not KILLED: in the runs table KILLED and FAILED show the same red cross. The name
+            # starts with what happened (the table cuts long names short); a crashed trial keeps its cross.
+            tracker.set_tags({"mlflow.runName": f"pruned: {run_name(s.variant, trial.number)}"})
+            self._end(trial, tracker, "PRUNED", "FINISHED", str(exc))
             raise
         except NonFiniteLossError as exc:
             self._end(trial, tracker, "FAIL", "FAILED", str(exc))
@@ -178,6 +193,10 @@ class Objective:
             self._end(trial, tracker, "FAIL", "FAILED", f"{type(exc).__name__}: {exc}")
             raise
         last = result.history[-1]
+        infeasible = judge_trial(trial, result.model, self.data, float(last["val_kl"]))
+        tracker.log_metrics({"val_active_units": trial.user_attrs["val_active_units"]}, step=int(last["epoch"]))
+        tracker.set_tags({"feasible": "false" if infeasible else "true",
+                          **({"infeasible_reason": infeasible} if infeasible else {})})
         summary = {"val_neg_elbo": last["val_neg_elbo"], "val_recon": last["val_recon"], "val_kl": last["val_kl"],
                    "samples_per_s": statistics.median(h["samples_per_s"] for h in result.history),
                    "step_ms": statistics.median(h["step_ms"] for h in result.history),

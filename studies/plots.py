@@ -25,11 +25,22 @@ UNITS = " (nats)"
 
 
 def trials_table(study: optuna.Study, objective_names: Sequence[str]) -> Any:
-    """``study.trials_dataframe()`` with ``values_i`` renamed after the objectives."""
+    """``study.trials_dataframe()`` with the value columns named after the objectives (``value``,
+    ``values_i``, or ``value(s)_<name>`` once the study has metric names), and ``feasible``: whether
+    a completed trial's model uses its latent (:mod:`studies.feasibility`; empty for other states)."""
+    from studies.feasibility import is_feasible
+
     frame = study.trials_dataframe()
-    if len(objective_names) == 1:
-        return frame.rename(columns={"value": objective_names[0]})
-    return frame.rename(columns={f"values_{i}": name for i, name in enumerate(objective_names)})
+    if frame.empty:
+        return frame
+    names = {"value": objective_names[0]} if len(objective_names) == 1 else {}
+    for i, name in enumerate(objective_names):
+        names.update({f"values_{i}": name, f"value_{name}": name, f"values_{name}": name})
+    frame = frame.rename(columns=names)
+    trials = study.get_trials(deepcopy=False)
+    frame.insert(frame.columns.get_loc("state") + 1, "feasible",
+                 [is_feasible(t) if t.state == TrialState.COMPLETE else None for t in trials])
+    return frame
 
 
 def _log_axes(tracker: Any, axes: Any, artifact_file: str) -> None:

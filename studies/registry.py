@@ -1,9 +1,12 @@
 """What a study keeps: its best trial's logged model registered under the study's name, alias ``best``.
 
-``neg-elbo`` studies register their best COMPLETE trial; ``rate-distortion`` studies register every
-trial on the Pareto front, ``best`` on the one of lowest ``val_neg_elbo``. Each invocation registers
+``neg-elbo`` studies register their best feasible COMPLETE trial; ``rate-distortion`` studies register
+every trial on the Pareto front of the feasible trials, ``best`` on the one of lowest ``val_neg_elbo``.
+A trial whose model leaves its latent unused is infeasible (:mod:`studies.feasibility`) and never
+registered; a study without a feasible trial registers nothing (the study's notes say why). Each invocation registers
 what is not registered yet (a model is never registered twice) and moves ``best`` when a better
-trial has appeared. Model versions carry the trial number, the study and its ``val_neg_elbo``.
+trial has appeared. Model versions carry the trial number, the study, its ``val_neg_elbo`` and what
+made it feasible (``val_kl``, ``val_active_units``).
 
 Registering is a write like any other, made by the invocation's writer process (the op ``register``
 of :mod:`bench.tracking.ops`): a tracking server that does not answer does not fail the study; the
@@ -17,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from bench.tracking import LOCAL_PREFIX
+from studies.feasibility import completed, is_feasible
 from studies.spec import StudySpec
 
 ALIAS = "best"
@@ -69,15 +73,16 @@ class Registration:
 
 
 def trials_to_register(study: optuna.Study, objective_names: tuple[str, ...]) -> tuple[list[FrozenTrial], FrozenTrial | None]:
-    """(the trials to register, the one to alias ``best``): the best COMPLETE trial, or the Pareto front
-    with ``best`` on the lowest ``val_neg_elbo``."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    """(the trials to register, the one to alias ``best``), among the feasible trials only
+    (:mod:`studies.feasibility`): the best one, or the Pareto front of the feasible trials with ``best``
+    on the lowest ``val_neg_elbo``. No feasible trial: nothing."""
+    feasible, _ = completed(study)
+    if not feasible:
         return [], None
     if len(objective_names) == 1:
-        best = min(complete, key=lambda t: t.value)
+        best = min(feasible, key=lambda t: t.value)
         return [best], best
-    front = study.best_trials
+    front = [t for t in study.best_trials if is_feasible(t)]  # Optuna's front skips infeasible trials already
     best = min(front, key=lambda t: t.user_attrs.get("val_neg_elbo", sum(t.values)))
     return sorted(front, key=lambda t: t.number), best
 
@@ -94,7 +99,9 @@ def register_study_models(writer: Any, study: optuna.Study, spec: StudySpec) -> 
     records = [{"op": "register", "name": name, "run_id": t.user_attrs["mlflow_run_id"],
                 "alias": ALIAS if t is best else None,
                 "version_tags": {"trial_number": str(t.number), "study_name": spec.name,
-                                 "val_neg_elbo": f"{t.user_attrs.get('val_neg_elbo', float('nan')):.4f}"},
+                                 "val_neg_elbo": f"{t.user_attrs.get('val_neg_elbo', float('nan')):.4f}",
+                                 "val_kl": f"{t.user_attrs.get('val_kl', float('nan')):.4f}",
+                                 "val_active_units": f"{t.user_attrs.get('val_active_units', float('nan')):.0f}"},
                 "model_tags": {"study_name": spec.name, "variant": spec.variant, "dataset": spec.dataset},
                 "description": f"Best trials of the cvae-bench study {spec.name!r}"} for t in trials]
     registration.asked = dict(zip((t.number for t in trials), writer.ask(records)))

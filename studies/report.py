@@ -1,7 +1,8 @@
 """A study's trials joined with their MLflow runs, as one table (what ``cvae-bench report`` prints).
 
 One row per trial: Optuna's columns (:meth:`optuna.Study.trials_dataframe`: number, state,
-value(s) named after the objectives, ``params_*``, ``user_attrs_*``, durations) and, from the trial's
+``feasible`` (:mod:`studies.feasibility`), value(s) named after the objectives, ``params_*``,
+``user_attrs_*``, durations) and, from the trial's
 MLflow child run (found under the study's parent run by ``tags.mlflow.parentRunId``), ``run_id``,
 ``run_status``, ``end_reason`` and every metric's latest value as ``mlflow.<metric>``.
 
@@ -20,8 +21,22 @@ from studies.spec import OBJECTIVES
 from studies.storage import is_journal
 
 #: Columns printed (when present); the CSV holds them all.
-PRINTED = ("number", "state", "val_neg_elbo", "val_recon", "val_kl", "mlflow.test_neg_elbo", "mlflow.test_iw_nll",
-           "mlflow.test_active_units", "mlflow.test_cond_acc", "run_status", "end_reason")
+PRINTED = ("number", "state", "feasible", "val_neg_elbo", "val_recon", "val_kl", "mlflow.test_neg_elbo",
+           "mlflow.test_iw_nll", "mlflow.test_active_units", "mlflow.test_cond_acc", "mlflow.test_cond_std",
+           "run_status", "end_reason")
+
+
+def selection_lines(study) -> list[str]:
+    """The best feasible trial and how many completed trials were infeasible (:mod:`studies.feasibility`)."""
+    from studies.feasibility import best_trial, selection_note
+
+    names = OBJECTIVES.get(study.user_attrs.get("objective", "neg-elbo"), ("value",))
+    best = best_trial(study, names)
+    lines = [f"note: {note}" for note in [selection_note(study)] if note]
+    if best is not None:
+        values = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, best.values))
+        lines.append(f"best feasible trial: {best.number} ({values} nats)")
+    return lines
 
 
 def load_study(storage_url: str, study_name: str):

@@ -36,6 +36,8 @@ from bench.data.memory import check_iw_fits
 from bench.tracking import RunHandle, TrackingWriter, check_tracking_uri, redact_url
 from bench.tracking.dataset_inputs import dataset_inputs
 from bench.tracking.ops import now_ms
+from bench.tracking.ui_links import registered_model_link, run_link
+from studies.feasibility import best_trial, completed, record_selection, selection_note
 from studies.lock import study_lock
 from studies.objective import INTERRUPTED, WORKER_ID, ChildRuns, Objective, TrialSettings
 from studies.registry import (
@@ -65,28 +67,51 @@ class StudyOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     registration: Registration | None = None  # the registered models (tracked studies that log models)
+    experiment_id: str | None = None  # the MLflow experiment of the parent run (None untracked)
+
+
+def pruner_settings(name: str, epochs: int, trials: int) -> tuple[str, dict[str, int]]:
+    """The Optuna pruner class and its arguments for ``name``.
+
+    ``median``: stop a trial whose val_neg_elbo is worse than the median of the completed trials at
+    the same epoch, once a quarter of the trials (2 to 5) have completed, from half the epochs on: a
+    model that uses its latent pays KL from the start and catches up on reconstruction later, so
+    earlier comparisons favour the ones that gave it up. ``hyperband``: resources are epochs."""
+    if name == "median":
+        return "MedianPruner", {"n_startup_trials": min(5, max(2, trials // 4)), "n_warmup_steps": epochs // 2}
+    if name == "hyperband":
+        return "HyperbandPruner", {"min_resource": 1, "max_resource": epochs, "reduction_factor": 3}
+    return "NopPruner", {}
+
+
+def sampler_settings(name: str, trials: int) -> tuple[str, dict[str, Any]]:
+    """The Optuna sampler class and its arguments (but the seed) for ``name``, sized for short studies:
+    TPE's random start-up is a third of the trials (3 to 10)."""
+    if name == "tpe":
+        # constant_liar: trials running elsewhere count as bad guesses, so parallel workers spread out
+        return "TPESampler", {"n_startup_trials": max(3, min(10, trials // 3)), "constant_liar": True}
+    if name == "nsga2":
+        return "NSGAIISampler", {"population_size": max(4, min(50, trials // 3))}
+    return "RandomSampler", {}
+
+
+def describe(settings: tuple[str, dict[str, Any]]) -> str:
+    """``MedianPruner(n_startup_trials=5, n_warmup_steps=12)``: what a study stores to say what ran."""
+    cls, kwargs = settings
+    return f"{cls}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
 
 
 def make_pruner(name: str, epochs: int, trials: int) -> optuna.pruners.BasePruner:
-    """``median``: stop a trial whose val_neg_elbo is worse than the median of the completed trials
-    at the same epoch, once a quarter of the trials (2 to 5) have completed, from epoch
-    ``epochs // 4``; ``hyperband``: resources are epochs."""
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, trials // 4)), n_warmup_steps=epochs // 4)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    return optuna.pruners.NopPruner()
+    """The pruner of :func:`pruner_settings`."""
+    cls, kwargs = pruner_settings(name, epochs, trials)
+    return getattr(optuna.pruners, cls)(**kwargs)
 
 
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
-    """Samplers sized for short studies: TPE's random start-up is a third of the trials (3 to 10)."""
-    if name == "tpe":
-        # constant_liar: trials running elsewhere count as bad guesses, so parallel workers spread out
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)),
-                                          constant_liar=True)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 3)))
-    return optuna.samplers.RandomSampler(seed=seed)
+    """The sampler of :func:`sampler_settings`, seeded. Each completed trial's feasibility (its
+    constraints, :mod:`studies.feasibility`) steers TPE and NSGA-II away from collapsed models."""
+    cls, kwargs = sampler_settings(name, trials)
+    return getattr(optuna.samplers, cls)(seed=seed, **kwargs)
 
 
 def load_data(spec: StudySpec) -> DataSplits:
@@ -209,6 +234,16 @@ class StudyRun:
             key = attr_name(f)
             if key not in attrs or (setting_of(f).rewrite and attrs[key] != wanted[key]):
                 study.set_user_attr(key, wanted[key])
+        # What the latest invocation runs, in Optuna's words, and the names of the objective values.
+        ran = {"pruner_settings": describe(pruner_settings(spec.resolved_pruner, spec.epochs, spec.trials)),
+               "sampler_settings": describe(sampler_settings(spec.sampler, spec.trials))}
+        for key, text in ran.items():
+            if attrs.get(key) != text:
+                study.set_user_attr(key, text)
+        if study.metric_names != list(spec.objective_names):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(spec.objective_names))
         return study
 
     def _open_parent(self, study: optuna.Study) -> RunHandle:
@@ -260,7 +295,7 @@ class StudyRun:
             outcome.notes += outcome.registration.collect(self.writer).notes
         outcome.notes += notes
         if parent is not None:
-            outcome.parent_run_id = parent.run_id
+            outcome.parent_run_id, outcome.experiment_id = parent.run_id, parent.experiment_id
             with study_lock(lock_url, spec.name):  # workers merge their ids into one study attribute
                 record_run_ids(study, self.writer.ids, parent.local_id)
         outcome.seconds = time.perf_counter() - start
@@ -339,10 +374,14 @@ class StudyRun:
         if not spec.keep_checkpoints:
             remove_finished_checkpoints(study, spec.name, self.writer)
         counts = count_trials(study)
+        record_selection(study, spec.objective_names)
         notes: list[str] = []
         registration = None
         if parent is not None:
             notes, registration = self._finish_parent(parent, study)
+        selection = selection_note(study)
+        if selection:
+            notes.insert(0, selection)
         if progress.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             raise CLIError(f"study {spec.name!r} stopped: {progress.failures_in_a_row} trials in a row failed "
                            f"(last: {progress.last_failure}); finished trials are kept")
@@ -355,6 +394,7 @@ class StudyRun:
 
         counts = count_trials(study)
         metrics = {f"n_{state.lower()}": float(n) for state, n in counts.items()}
+        metrics["n_infeasible"] = float(len(completed(study)[1]))
         best = best_trial(study, self.spec.objective_names)
         if best is not None:
             metrics.update({f"best_{k}": v for k, v in best.user_attrs.items() if isinstance(v, float)})
@@ -403,16 +443,6 @@ def remove_finished_checkpoints(study: optuna.Study, name: str, writer: Any = No
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         delete_run_checkpoints(writer, [r for t in failed for r in t.user_attrs.get("checkpoint_runs", [])])
     return existed
-
-
-def best_trial(study: optuna.Study, objective_names: tuple[str, ...]) -> FrozenTrial | None:
-    """The completed trial of lowest val -ELBO (for rate-distortion: lowest val_recon + val_kl)."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    if len(objective_names) == 1:
-        return min(complete, key=lambda t: t.value)
-    return min(complete, key=lambda t: sum(t.values))
 
 
 def stored_settings(storage_url: str, study_name: str, heartbeat: int) -> dict[str, Any] | None:
@@ -475,16 +505,20 @@ def summary_lines(spec: StudySpec, outcome: StudyOutcome) -> list[str]:
     if len(spec.objective_names) == 2 and best is not None:
         front = sorted(outcome.study.best_trials, key=lambda t: t.values[1])
         points = ", ".join(f"#{t.number} ({t.values[1]:.2f}, {t.values[0]:.2f})" for t in front)
-        lines.append(f"rate-distortion front (val_kl, val_recon): {points}")
+        lines.append(f"rate-distortion front of the feasible trials (val_kl, val_recon): {points}")
     lines += [f"note: {n}" for n in outcome.notes]
     reg = outcome.registration
+    uri = resolve_tracking_uri(spec.tracking_uri)
     if reg is not None and reg.best_uri:
         registered = ", ".join(f"trial {n} as {reg.uri(n)}" for n in sorted(reg.versions))
         lines.append(f"registered model {reg.name!r}: {registered}; {reg.best_uri} is trial {reg.best_trial} "
-                     f"(`cvae-bench sample --model {reg.best_uri} --out samples.png`)")
+                     f"(`cvae-bench sample --model {reg.best_uri} --out samples.png`): "
+                     f"{registered_model_link(uri, reg.name, reg.versions[reg.best_trial])}")
     if outcome.parent_run_id:
-        lines.append(f"MLflow: parent run {outcome.parent_run_id} in experiment {spec.experiment or spec.name!r}; "
-                     f"{ui_hint(resolve_tracking_uri(spec.tracking_uri))}")
+        link = f": {run_link(uri, outcome.parent_run_id, outcome.experiment_id)}" if outcome.experiment_id else ""
+        lines.append(f"MLflow: parent run {outcome.parent_run_id} in experiment {spec.experiment or spec.name!r}"
+                     f"{link}")
+        lines.append(f"MLflow UI: {ui_hint(uri)}")
     lines.append(f"Optuna: {dashboard_hint(spec.storage)}")
     return lines
 

@@ -303,8 +303,12 @@ def attr_name(f: Field) -> str:
 
 
 def study_attrs(spec: StudySpec) -> dict[str, Any]:
-    """The user attributes a study made from ``spec`` gets: every defining and stored setting."""
-    return {attr_name(f): getattr(spec, f.name) for f in fields_of(Role.DEFINES, Role.STORED)}
+    """The user attributes a study made from ``spec`` gets: every defining and stored setting, the
+    pruner resolved (``median`` or ``none`` where the spec leaves it to the objective), so that the
+    stored settings say what ran."""
+    attrs = {attr_name(f): getattr(spec, f.name) for f in fields_of(Role.DEFINES, Role.STORED)}
+    attrs["pruner"] = spec.resolved_pruner
+    return attrs
 
 
 def settings_from_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,8 @@ settings but ``variant`` and ``study_name``, plus ``variants`` (one study each) 
 ``--config`` file (JSON, or TOML when the name ends in ``.toml``) may set any of its fields, under
 the same names; an unknown key or a value of the wrong type is a one-line :class:`CLIError`.
 
-The summary is one row per variant (its best trial, :data:`SUMMARY_COLUMNS`, nats per example
-unless named), printed as a Markdown table and logged to MLflow as a ``suite-summary`` run (the
+The summary is one row per variant (its best feasible trial, :data:`studies.feasibility`;
+:data:`SUMMARY_COLUMNS`, nats per example unless named), printed as a Markdown table and logged to MLflow as a ``suite-summary`` run (the
 table as CSV and Markdown, its numbers as metrics ``<variant>/<metric>``).
 
 Nothing here imports optuna, torch, MLflow or pandas at the top: ``--help`` reads :class:`SuiteConfig`.
@@ -36,9 +36,12 @@ _REPLACED = {
                    Setting(Role.LOCAL, "study names are <study_prefix>-<variant>-<dataset>")),
 }
 
-#: Columns of the summary table (one row per variant: its best trial), nats per example unless named.
+#: Columns of the summary table (one row per variant: its best feasible trial), nats per example unless named;
+#: ``trial`` is the best feasible trial (-1: none), ``infeasible`` how many completed trials were left out
+#: for leaving the latent unused (:mod:`studies.feasibility`); ``test_cond_std`` is pixel intensity.
 SUMMARY_COLUMNS = ("variant", "trial", "val_neg_elbo", "test_neg_elbo", "test_iw_nll", "test_recon", "test_kl",
-                   "test_active_units", "test_cond_acc", "samples_per_s", "finished", "study", "model_uri")
+                   "test_active_units", "test_cond_acc", "test_cond_std", "samples_per_s", "finished", "infeasible",
+                   "study", "model_uri")
 
 
 def _suite_fields() -> Iterator[tuple[str, Any, dataclasses.Field]]:
@@ -121,13 +124,14 @@ def load_config(path: str) -> SuiteConfig:
 
 
 def summary_row(spec: StudySpec, outcome) -> dict[str, Any]:
-    """The best trial of one study as a table row (NaN where no trial completed)."""
-    from studies.runner import best_trial
+    """The best feasible trial of one study as a table row (NaN where no trial is feasible)."""
+    from studies.feasibility import best_trial, completed
 
     best = best_trial(outcome.study, spec.objective_names)
     counts = outcome.counts
     row: dict[str, Any] = {"variant": spec.variant, "study": spec.name,
-                           "finished": counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)}
+                           "finished": counts.get("COMPLETE", 0) + counts.get("PRUNED", 0),
+                           "infeasible": len(completed(outcome.study)[1])}
     attrs = best.user_attrs if best is not None else {}
     row["trial"] = best.number if best is not None else -1
     registration = getattr(outcome, "registration", None)
@@ -136,15 +140,27 @@ def summary_row(spec: StudySpec, outcome) -> dict[str, Any]:
         if col not in row:
             row[col] = float(attrs.get(col, float("nan")))
     row["mlflow_run_id"] = attrs.get("mlflow_run_id", "")
+    row["model_link"] = ""
+    if row["model_uri"]:
+        from bench.tracking import resolve_tracking_uri
+        from bench.tracking.ui_links import registered_model_link
+
+        row["model_link"] = registered_model_link(resolve_tracking_uri(spec.tracking_uri), registration.name,
+                                                  registration.versions[best.number])
     return row
 
 
 def collapse_notes(frame) -> list[str]:
-    """``variant: <note>`` for each variant whose best trial has collapsed (see :func:`bench.collapse_note`)."""
+    """``variant: <note>`` for each variant without a feasible trial, or whose best trial has collapsed on the
+    test split all the same (see :func:`bench.collapse_note`)."""
     from bench import collapse_note
 
     notes = []
     for row in frame.to_dict("records"):
+        if row["trial"] < 0:
+            notes.append(f"{row['variant']}: no feasible trial ({row.get('infeasible', 0)} completed trials left "
+                         "the latent unused): nothing selected or registered")
+            continue
         note = collapse_note(row)
         if note:
             notes.append(f"{row['variant']} (trial {row['trial']}): {note}")
@@ -171,8 +187,9 @@ def log_summary(writer: Any, config: SuiteConfig, frame, table: str) -> str:
                           tags={"run_kind": "suite", "dataset": config.dataset}) as run:
         run.log_params({"dataset": config.dataset, "variants": ",".join(config.variants), "trials": config.trials,
                         "epochs": config.epochs, "objective": config.objective})
-        metrics = {f"{row['variant']}/{col}": row[col] for row in frame.to_dict("records")
-                   for col in SUMMARY_COLUMNS if isinstance(row[col], float) and row[col] == row[col]}
+        metrics = {f"{row['variant']}/{col}": float(row[col]) for row in frame.to_dict("records")
+                   for col in SUMMARY_COLUMNS  # numbers (trial, finished and infeasible counts too), NaN left out
+                   if isinstance(row[col], (int, float)) and not isinstance(row[col], bool) and row[col] == row[col]}
         run.log_metrics(metrics)
         run.log_text(frame.to_csv(index=False), "suite_summary.csv")
         run.log_text(table + "\n", "suite_summary.md")

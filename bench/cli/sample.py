@@ -11,12 +11,13 @@ from bench.cli.arguments import add_model_uri_arguments, check_writable, parse_s
 from bench.errors import CLIError
 
 OUTPUT_SUFFIXES = (".png", ".npz")
+#: ``--out x.png``: each image enlarged (whole factor, nearest neighbour) to about this many pixels high.
+SAMPLE_CELL_PX = 64
 
 
 def run_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from torchvision.utils import save_image
 
     from bench.data.memory import check_fits
     from bench.tracking import load_logged_model, make_client, resolve_tracking_uri
@@ -39,7 +40,12 @@ def run_sample(args: argparse.Namespace) -> int:
     y = [label for label in labels for _ in range(args.n)]
     images = saved.sample(y, temperature=args.temperature, generator=generator)  # (len(y), C, H, W) in [0, 1]
     if out.suffix.lower() == ".png":
-        save_image(images, out, nrow=args.n, padding=2, pad_value=1.0)  # one row per label
+        from bench.figures.compute import image_grid
+        from bench.figures.draw import save_png
+
+        title = f"{args.n} sample(s) per label, temperature {args.temperature:g}, seed {args.seed}"
+        save_png(image_grid(images, nrow=args.n, title=title, display_px=SAMPLE_CELL_PX,
+                            row_labels=[saved.class_names[i] for i in labels]), out)
     else:
         np.savez(out, images=images.numpy().astype(np.float32), labels=np.asarray(y, dtype=np.int64),
                  class_names=np.asarray(saved.class_names))
@@ -53,7 +59,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "sample", help="draw images for chosen labels from a logged or registered model",
         description="Sample a trained CVAE for chosen labels: z ~ N(0, T^2 I), decoder means in [0, 1]. "
-                    "--out x.png writes a grid with one row per label; --out x.npz writes `images` "
+                    "--out x.png writes a grid with one row per label, the label's name at its left, each image "
+                    f"enlarged to about {SAMPLE_CELL_PX} pixels; --out x.npz writes `images` "
                     "(N*labels, C, H, W) float32 and `labels` (class indices).")
     add_model_uri_arguments(p)
     g = p.add_argument_group("sampling")

@@ -21,6 +21,7 @@ import sys
 
 from bench.errors import CLIError
 from bench.tracking.redaction import redact_url
+from bench.tracking.ui_links import ui_link
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 #: ``mlflow server`` options that decide where it listens (or that would put the backend store URI on
@@ -134,7 +135,8 @@ def run_server(args: argparse.Namespace) -> int:
     check_backend_store(backend)
     cmd = server_command_line(args.artifacts_destination, args.host, args.port, args.workers, extra)
     print(f"cvae-bench server: MLflow tracking server on http://{args.host}:{args.port} "
-          f"(backend {redact_url(backend)}, artifacts {args.artifacts_destination})", flush=True)
+          f"(backend {redact_url(backend)}, artifacts {args.artifacts_destination}); UI: "
+          f"{ui_link(f'http://{args.host}:{args.port}', '/experiments')}", flush=True)
     print(f"  workers: --tracking-uri http://{args.host}:{args.port}   (Ctrl-C stops the server)", flush=True)
     proc = launch(cmd, server_environment(backend))
     # Stop the server with us on SIGTERM too (service managers send it), not only on Ctrl-C.

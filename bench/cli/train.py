@@ -173,6 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
         from bench.evaluation import collapse_note
         from bench.tracking import NullTracker, TrackingError, log_fit, log_trained, ui_hint
         from bench.tracking.checkpoints import RunCheckpoints
+        from bench.tracking.ui_links import run_link
         import torch
 
         from bench.training import fit
@@ -247,7 +248,9 @@ def run_train(args: argparse.Namespace) -> int:
         note = writer.close()
         if writer.errors:
             raise TrackingError(f"MLflow run {run.run_id} is incomplete: {writer.errors[0]}")
-        print(f"tracked as MLflow run {run.run_id} in experiment {args.experiment!r} ({ui_hint(uri)})")
+        link = f": {run_link(uri, run.run_id, run.experiment_id)}" if run.experiment_id else ""
+        print(f"tracked as MLflow run {run.run_id} in experiment {args.experiment!r}{link}")
+        print(f"MLflow UI: {ui_hint(uri)}")
         if not args.no_model:
             print(f"logged model of run {run.run_id}: `cvae-bench sample --model {run.run_id} --out samples.png`, "
                   f"`cvae-bench evaluate --model {run.run_id} --dataset {args.dataset}`")

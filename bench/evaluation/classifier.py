@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.data import DataSplits
+from bench.evaluation.variety import conditional_samples
 from models import CVAE
 
 _CACHE: dict[tuple, nn.Module] = {}
@@ -65,9 +66,4 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int =
 @torch.no_grad()
 def conditional_accuracy(model: CVAE, net: nn.Module, num_classes: int, per_class: int) -> float:
     """Fraction of prior samples generated for class k that the classifier labels k."""
-    device = next(model.parameters()).device
-    y = torch.arange(num_classes, device=device).repeat_interleave(per_class)
-    model.eval()
-    x = model.generate(y)
-    model.train()
-    return accuracy(net, x, y)
+    return accuracy(net, *conditional_samples(model, num_classes, per_class))

@@ -57,17 +57,19 @@ def load_torchvision_utils():
     return module
 
 
-def image_grid(images: torch.Tensor, nrow: int, title: str, row_labels: Sequence[str] = ()) -> ImageGrid:
+def image_grid(images: torch.Tensor, nrow: int, title: str, row_labels: Sequence[str] = (),
+               display_px: int | None = None) -> ImageGrid:
     """(N, C, H, W) images in [0, 1] tiled ``nrow`` to a row by :func:`torchvision.utils.make_grid`.
 
     The grid's pixels are (rows*(H+1)+1, nrow*(W+1)+1) for C = 1 (make_grid repeats a grey channel
-    three times: one is kept) or (..., ..., 3) for C = 3, float32, white between cells.
+    three times: one is kept) or (..., ..., 3) for C = 3, float32, white between cells. ``display_px``:
+    see :class:`ImageGrid`.
     """
     images = images.detach().float().clamp(0.0, 1.0).cpu()
     grid = make_grid_function()(images, nrow=nrow, padding=GRID_PAD, pad_value=1.0)
     pixels = grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)
     return ImageGrid(pixels.contiguous().numpy(), title, cell_px=images.shape[-2],
-                     row_labels=tuple(row_labels), pad=GRID_PAD)
+                     row_labels=tuple(row_labels), pad=GRID_PAD, display_px=display_px)
 
 
 def reconstructions(model: CVAE, split: Split, n: int = 10) -> ImageGrid:

@@ -32,7 +32,8 @@ __all__ = ["FIGURE_FILES", "FigureData", "ImageGrid", "KLPerDim", "TrainingCurve
 
 #: Dots per inch of every figure: 1 pt of text is DPI / 72 pixels.
 DPI = 100
-#: Image grids: each image is enlarged by a whole factor to about this many pixels high.
+#: Image grids: each image is enlarged by a whole factor to about this many pixels high (unless the
+#: grid asks for another size, :attr:`ImageGrid.display_px`).
 CELL_TARGET_PX = 32
 #: Font sizes (points): figure titles, axes titles and labels, tick and row labels.
 TITLE_PT, LABEL_PT, TICK_PT = 11, 10, 9
@@ -127,7 +128,7 @@ def _text_width_px(text: str, points: float) -> float:
 
 def grid_layout(grid: ImageGrid) -> GridLayout:
     """The layout of ``grid``'s figure: title band above, row labels at the left, grid centred."""
-    scale = max(1, round(CELL_TARGET_PX / grid.cell_px)) if grid.cell_px else 1
+    scale = max(1, round((grid.display_px or CELL_TARGET_PX) / grid.cell_px)) if grid.cell_px else 1
     height_px, width_px = grid.pixels.shape[0] * scale, grid.pixels.shape[1] * scale
     labels_px = max((_text_width_px(label, TICK_PT) for label in grid.row_labels), default=0.0)
     label_band = math.ceil(labels_px) + ROW_LABEL_GAP_PX if grid.row_labels else 0

@@ -29,7 +29,8 @@ class ImageGrid:
 
     ``pixels`` is (H, W) grey or (H, W, 3) RGB, float32 in [0, 1]; each cell is ``cell_px`` pixels
     square with ``pad`` pixels of white between cells and around the grid, so
-    H = rows * (cell_px + pad) + pad.
+    H = rows * (cell_px + pad) + pad. ``display_px``: how many pixels high a cell is drawn, about (the
+    image is enlarged by a whole factor; None: the figures' default, 32).
     """
 
     pixels: np.ndarray
@@ -37,6 +38,7 @@ class ImageGrid:
     cell_px: int
     row_labels: tuple[str, ...] = ()
     pad: int = 1
+    display_px: int | None = None
 
 
 @dataclass(frozen=True)

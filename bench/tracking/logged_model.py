@@ -25,10 +25,17 @@ from typing import Any, Mapping, Sequence
 
 import models
 
-#: The name of every logged model (MLflow's Models tab groups by it) and its ``model_type``.
+#: The name of a logged model whose run has no name (a model is named after its run:
+#: ``<variant>-<dataset>`` for ``train``, ``<variant>-trial-<n>`` for a trial), and every model's ``model_type``.
 MODEL_NAME = "cvae"
 MODEL_TYPE = "cvae"
+#: The served model's input column (class indices) and its parameters with their defaults:
+#: ``temperature`` scales the prior draws, ``seed`` < 0 draws fresh latents at every request.
+LABEL_COLUMN = "label"
+PREDICT_PARAMS = {"temperature": 1.0, "seed": -1}
 LOADER_MODULE = "models.saved_model"
+#: :data:`models.saved_model.CONFIG_FILE`, named here without importing torch (a test pins the two).
+SAVED_CONFIG_FILE = "cvae.json"
 #: Where the ``models`` package is copied from (the code the logged model carries).
 MODELS_PACKAGE = Path(models.__file__).resolve().parent
 
@@ -39,17 +46,44 @@ def pip_requirements(torch_version: str) -> list[str]:
     return [f"torch=={torch_version.split('+')[0]}", "numpy"]
 
 
+def signature(input_shape: Sequence[int]) -> Any:
+    """What the model serves: a column of class indices (long) in, images (N, C, H, W) float32 in [0, 1]
+    out (decoder means), the parameters :data:`PREDICT_PARAMS`. MLflow's UI and registry show it."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", LABEL_COLUMN)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape), name="images")]),
+        params=ParamSchema([ParamSpec("temperature", "double", PREDICT_PARAMS["temperature"]),
+                            ParamSpec("seed", "long", PREDICT_PARAMS["seed"])]))
+
+
+def input_example(num_classes: int) -> tuple[dict[str, list[int]], dict[str, float]]:
+    """Two labels (the first and the last class) and a temperature: the request the UI shows, saved as
+    ``serving_input_example.json`` (``{"inputs": {"label": [...]}, "params": {...}}``)."""
+    return {LABEL_COLUMN: [0, num_classes - 1]}, {"temperature": 0.8}
+
+
 def write_model_folder(path: Path, saved_folder: Path, *, model_id: str, artifact_location: str, run_id: str,
                        requirements: Sequence[str]) -> None:
-    """An MLflow model folder at ``path``: MLmodel, data/, code/models/, requirements and environment files."""
+    """An MLflow model folder at ``path``: MLmodel (with its signature), data/, code/models/, the input
+    example, requirements and environment files."""
+    import json
+
     from mlflow.models import Model
+    from mlflow.models.utils import _save_example
     from mlflow.pyfunc import add_to_model
     from mlflow.utils.environment import _mlflow_conda_env, _PythonEnv
 
     path.mkdir(parents=True)
     shutil.copytree(saved_folder, path / "data")
     shutil.copytree(MODELS_PACKAGE, path / "code" / "models", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    mlflow_model = Model(artifact_path=artifact_location, model_uuid=model_id, run_id=run_id, model_id=model_id)
+    meta = json.loads((Path(saved_folder) / SAVED_CONFIG_FILE).read_text())
+    mlflow_model = Model(artifact_path=artifact_location, model_uuid=model_id, run_id=run_id, model_id=model_id,
+                         signature=signature(meta["config"]["input_shape"]))
+    _save_example(mlflow_model, input_example(len(meta["class_names"])), str(path))
     add_to_model(mlflow_model, loader_module=LOADER_MODULE, data="data", code="code", conda_env="conda.yaml",
                  python_env="python_env.yaml")
     (path / "requirements.txt").write_text("\n".join(requirements) + "\n")
@@ -60,14 +94,15 @@ def write_model_folder(path: Path, saved_folder: Path, *, model_id: str, artifac
 
 
 def begin_logged_model(client: Any, run_id: str, saved_folder: str | Path, *, step: int, params: Mapping[str, str],
-                       tags: Mapping[str, str], requirements: Sequence[str], name: str = MODEL_NAME) -> str:
-    """Log ``saved_folder`` as a PENDING logged model of run ``run_id`` (an output of the run at ``step``):
-    its files are written, its metrics come with :func:`finish_logged_model`. ``client`` is a plain
+                       tags: Mapping[str, str], requirements: Sequence[str]) -> str:
+    """Log ``saved_folder`` as a PENDING logged model of run ``run_id`` (an output of the run at ``step``),
+    named after the run: its files are written, its metrics come with :func:`finish_logged_model`. ``client`` is a plain
     ``MlflowClient``. Returns the model id (``m-...``)."""
     from mlflow.entities import LoggedModelOutput
 
-    experiment_id = client.get_run(run_id).info.experiment_id
-    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
+    run = client.get_run(run_id)
+    experiment_id = run.info.experiment_id
+    logged = client.create_logged_model(experiment_id, name=run.info.run_name or MODEL_NAME, source_run_id=run_id,
                                         params=dict(params), tags=dict(tags), model_type=MODEL_TYPE)
     try:
         with tempfile.TemporaryDirectory(prefix="cvae-bench-model-") as tmp:

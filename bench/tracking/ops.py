@@ -247,7 +247,7 @@ class Store:
 
         if r["local_id"] not in self.ids:
             self.ids[r["local_id"]] = begin_logged_model(
-                self.client, self.real(r["run_id"]), r["local_path"], name=r["name"], step=r["step"],
+                self.client, self.real(r["run_id"]), r["local_path"], step=r["step"],
                 params=r["params"], tags=r["tags"], requirements=r["requirements"])
 
     def _finish_model(self, r: dict[str, Any]) -> None:

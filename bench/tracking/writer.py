@@ -175,7 +175,7 @@ class TrackingWriter:
                   "experiment_id": self.experiment(experiment), "run_name": run_name, "tags": all_tags,
                   "start_time": now_ms()}
         self.submit({**record, "reuse": reuse} if reuse else record)
-        run = RunHandle(self, local, run_name)
+        run = RunHandle(self, local, run_name, record["experiment_id"])
         self._runs.add(run)
         return run
 
@@ -281,8 +281,9 @@ class RunHandle:
     is named after the run (``<variant>-<dataset>``, ``<variant>-trial-<n>``).
     """
 
-    def __init__(self, writer: TrackingWriter, local_id: str, run_name: str) -> None:
+    def __init__(self, writer: TrackingWriter, local_id: str, run_name: str, experiment: str = "") -> None:
         self.writer, self.local_id, self.run_name = writer, local_id, run_name
+        self._experiment = experiment  # the experiment's local id
         self.ended = False
         self._rows: list[list] = []  # held epoch metrics: [key, value, timestamp, step]
         self._sent_at = time.monotonic()
@@ -292,6 +293,12 @@ class RunHandle:
     def run_id(self) -> str:
         """The store's id of the run once known, else its local id (``local-...``)."""
         return self.writer.run_id(self.local_id)
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The store's id of the run's experiment, None until known."""
+        found = self.writer.run_id(self._experiment) if self._experiment else None
+        return None if not found or is_local(found) else found
 
     def _submit(self, op: str, **fields: Any) -> None:
         self._send_rows()
@@ -357,7 +364,7 @@ class RunHandle:
         None: it stays PENDING until :meth:`log_model_metrics`."""
         self._finish_model(None)  # a model still pending is superseded: FAILED
         model = new_id("m")
-        self._submit("begin_model", local_id=model, local_path=str(saved_folder), name=self.run_name, step=int(step),
+        self._submit("begin_model", local_id=model, local_path=str(saved_folder), step=int(step),
                      params={str(k): _text(v) for k, v in params.items()},
                      tags={str(k): _text(v, MAX_TAG_LENGTH) for k, v in tags.items()},
                      requirements=[str(r) for r in requirements])

@@ -13,7 +13,7 @@ def run_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bench.tracking import redact_url, resolve_tracking_uri
-    from studies.report import PRINTED, load_study, study_report, tracking_client
+    from studies.report import PRINTED, load_study, selection_lines, study_report, tracking_client
 
     study = load_study(args.storage, args.study_name)
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -32,6 +32,8 @@ def run_report(args: argparse.Namespace) -> int:
         frame.to_csv(csv, index=False)
     except OSError as exc:
         raise CLIError(f"--csv {csv}: cannot write it ({exc.strerror or exc})") from None
+    for line in selection_lines(study):
+        print(line)
     print(f"{len(frame)} trials; all {len(frame.columns)} columns written to {csv}")
     return 0
 

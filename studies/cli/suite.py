@@ -1,8 +1,8 @@
 """``cvae-bench suite``: the main job. A short study of every variant, then one comparison table.
 
-By default (:class:`studies.suite.SuiteConfig`): on ``digits``, a 20-trial, 25-epoch study of each
-of ``cvae``, ``beta-cvae`` and ``flow-cvae`` (about 1.5 minutes on a 2-core CPU), then the best trial
-of each variant side by side, printed and logged to MLflow. ``--config FILE`` changes any of the
+By default (:class:`studies.suite.SuiteConfig`): on ``digits``, a short study of each of ``cvae``,
+``beta-cvae`` and ``flow-cvae`` (budget and time in the README), then the best feasible trial of each
+variant side by side (:mod:`studies.feasibility`), printed and logged to MLflow. ``--config FILE`` changes any of the
 suite's settings; :data:`OVERRIDES` may also be given on the command line, over the config.
 Rerunning the suite resumes its studies (``trials`` is the total per study).
 """
@@ -35,6 +35,7 @@ def run_suite(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from bench.tracking import TrackingWriter, check_tracking_uri, redact, resolve_tracking_uri, ui_hint
+    from bench.tracking.ui_links import run_link
     from studies.runner import load_data, run_study
     from studies.storage import dashboard_hint
     from studies.suite import SUMMARY_COLUMNS, collapse_notes, format_table, log_summary, summary_row
@@ -64,9 +65,10 @@ def run_suite(args: argparse.Namespace) -> int:
             if writer:  # the store's id, if the run's local id is known by now
                 row["mlflow_run_id"] = writer.run_id(row["mlflow_run_id"])
             rows.append(row)
-        frame = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, "mlflow_run_id"])
+        frame = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, "mlflow_run_id", "model_link"])
         table = format_table(frame[list(SUMMARY_COLUMNS)])
-        print(f"\nbest trial per variant on {data.name} (nats per example; test_cond_acc: fraction; "
+        print(f"\nbest feasible trial per variant on {data.name} (nats per example; test_cond_acc: fraction; "
+              f"test_cond_std: pixel intensity; infeasible: completed trials that left the latent unused; "
               f"suite took {time.perf_counter() - start:.0f} s):")
         print(table)
         for note in collapse_notes(frame):
@@ -75,7 +77,11 @@ def run_suite(args: argparse.Namespace) -> int:
     finally:
         note = writer.close() if writer else None
     if summary is not None:
-        print(f"summary logged to MLflow run {summary.run_id} (experiment {config.experiment!r})")
+        link = f": {run_link(uri, summary.run_id, summary.experiment_id)}" if summary.experiment_id else ""
+        print(f"summary logged to MLflow run {summary.run_id} (experiment {config.experiment!r}){link}")
+        for row in frame.to_dict("records"):
+            if row["model_link"]:
+                print(f"  {row['variant']}: {row['model_uri']} (trial {row['trial']}): {row['model_link']}")
         print(f"open the results: {ui_hint(uri)}   |   {dashboard_hint(config.storage)}")
     else:
         print(f"open the studies: {dashboard_hint(config.storage)}")

@@ -188,7 +188,8 @@ def test_stored_attrs_round_trip():
     attrs = study_attrs(spec)
     assert set(attrs) == STORED_ATTRS and attrs["trials_total"] == 7
     assert settings_from_attrs({**attrs, "mlflow_parent_run_id": "r"}) == \
-        {name: getattr(spec, name) for name in DEFINING | STORED}
+        {name: getattr(spec, name) for name in DEFINING | STORED} | {"pruner": "median"}
+    assert spec.pruner is None and attrs["pruner"] == "median"  # what ran, not null (optuna-dashboard shows it)
 
 
 def test_a_new_study_stores_exactly_the_declared_attributes(tmp_path, monkeypatch):
@@ -197,7 +198,13 @@ def test_a_new_study_stores_exactly_the_declared_attributes(tmp_path, monkeypatc
     argv = ["study", "--study-name", "s", "--storage", storage, "--trials", "1", "--epochs", "1", "--limit", "200",
             "--iw-samples", "5", "--no-track", "--no-progress", "--seed", "4"]
     assert main(argv) == 0
-    attrs = optuna.load_study(study_name="s", storage=storage).user_attrs
+    study = optuna.load_study(study_name="s", storage=storage)
+    attrs = dict(study.user_attrs)
+    # Besides the settings, what ran in Optuna's words (optuna-dashboard shows these), and the objective's name.
+    assert attrs.pop("pruner_settings") == "MedianPruner(n_startup_trials=2, n_warmup_steps=0)"
+    assert attrs.pop("sampler_settings") == "TPESampler(n_startup_trials=3, constant_liar=True)"
+    assert attrs.pop("infeasible_trials") + (attrs.pop("best_feasible_trial") >= 0) == 1  # the one trial's fate
+    assert study.metric_names == ["val_neg_elbo"]
     assert set(attrs) == STORED_ATTRS
     assert attrs == study_attrs(StudySpec(trials=1, epochs=1, limit=200, iw_samples=5, seed=4))
     assert main([*argv[:5], "--trials", "2", *argv[7:]]) == 0  # trials_total follows the latest total asked for

@@ -28,6 +28,7 @@ from bench.figures.draw import FIGURE_FILES
 from bench.tracking import make_client
 from studies.cli import main
 from studies.registry import run_id_of
+from studies.suite import SUMMARY_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--iw-samples", "5", "--no-progress"]
@@ -61,21 +62,29 @@ def _children(runs, parent_id):
     return {int(r.data.tags["trial_number"]): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
 
 
-# -- one study of four enqueued trials: complete, complete, NaN, pruned ---------------------------------
+# -- one beta-cvae study of four enqueued trials: complete (uses its latent), complete (collapsed), NaN, pruned --
+
+#: beta 0.05 keeps 6-8 latent units active and KL ~1.6 nats after 2 epochs; beta 4 drives the posterior to the
+#: prior (KL ~0.01 nats, no active unit) and scores a val -ELBO as good or better: the trial selection must skip.
+USES_LATENT = {"lr": 1e-2, "beta": 0.05, "beta_schedule": "constant", **GOOD}
+COLLAPSES = {**USES_LATENT, "beta": 4.0}
+MAIN = ("--variant", "beta-cvae", "--trials", "3", "--epochs", "2", "--limit", "400")
+
 
 @pytest.fixture(scope="module")
 def main_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     stores = Stores(root, "t-main")
     study = optuna.create_study(study_name=stores.study, storage=stores.storage)
-    study.enqueue_trial({"lr": 1e-2, **GOOD})
-    study.enqueue_trial({"lr": 5e-3, **GOOD})
-    study.enqueue_trial({"lr": 1e8, **GOOD, "hidden_width": 256, "hidden_depth": 2})  # loss turns NaN
-    study.enqueue_trial({"lr": 1e-4, **GOOD})  # far behind after epoch 1: the median pruner stops it
+    study.enqueue_trial(USES_LATENT)
+    study.enqueue_trial(COLLAPSES)
+    study.enqueue_trial({**USES_LATENT, "lr": 1e8, "hidden_width": 256, "hidden_depth": 2})  # loss turns NaN
+    study.enqueue_trial({**USES_LATENT, "lr": 1e-4})  # far behind after epoch 1: the median pruner stops it
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Fixed parameter lr", category=UserWarning)  # lr=1e8 on purpose
+        # lr=1e8 and beta=0.05 (under the searched 0.1) on purpose
+        warnings.filterwarnings("ignore", message="Fixed parameter (lr|beta)", category=UserWarning)
         mp.chdir(root)
-        rc = main(stores.args("--trials", "3", "--epochs", "2", "--limit", "400", "--pruner", "median"))
+        rc = main(stores.args(*MAIN, "--pruner", "median"))
     assert rc == 0
     return stores
 
@@ -105,7 +114,7 @@ def test_one_parent_run_with_one_child_per_trial(main_study):
         assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
         assert run.data.params["latent_dim"] == "8" and run.data.params["epochs"] == "2"
         assert run.data.params["dataset"] == "digits" and run.data.params["n_train"] == "400"
-        assert run.data.tags["variant"] == "cvae" and run.data.tags["study_name"] == "t-main"
+        assert run.data.tags["variant"] == "beta-cvae" and run.data.tags["study_name"] == "t-main"
 
 
 def test_children_hold_epoch_histories_finals_and_figures(main_study):
@@ -121,22 +130,31 @@ def test_children_hold_epoch_histories_finals_and_figures(main_study):
         # What Optuna saw each epoch is what MLflow holds.
         elbo = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_neg_elbo")}
         assert elbo == pytest.approx(study.trials[number].intermediate_values)
-        for key in ("test_neg_elbo", "test_iw_nll", "test_active_units", "test_cond_acc"):
+        for key in ("test_neg_elbo", "test_iw_nll", "test_active_units", "test_cond_acc", "test_cond_std"):
             assert run.data.metrics[key] == pytest.approx(study.trials[number].user_attrs[key])
         assert {a.path for a in client.list_artifacts(run.info.run_id, "figures")} == set(FIGURE_FILES.values())
+    # Judged on the validation split: the collapsed trial is infeasible, and its run says why.
+    trials = study.trials
+    assert trials[0].constraints["active_units_missing"] < 0 and trials[0].constraints["kl_below_floor"] < 0
+    assert trials[1].constraints["active_units_missing"] == 1 and trials[1].constraints["kl_below_floor"] > 0.5
+    assert children[0].data.tags["feasible"] == "true" and "infeasible_reason" not in children[0].data.tags
+    assert children[1].data.tags["feasible"] == "false"
+    assert children[1].data.tags["infeasible_reason"].startswith("no active latent unit; KL 0.0")
+    assert children[1].data.metrics["val_active_units"] == 0 and children[0].data.metrics["val_active_units"] >= 1
 
 
 def test_pruned_and_failed_runs_are_marked_with_their_reason(main_study):
     client = main_study.client()
     children = _children(main_study.runs(), main_study.load().user_attrs["mlflow_parent_run_id"])
     pruned = children[3]
-    assert pruned.info.status == "KILLED"
+    # FINISHED and named so (a green tick in the runs table); a crashed trial's run is FAILED (a red cross)
+    assert pruned.info.status == "FINISHED" and pruned.info.run_name == "pruned: beta-cvae-trial-3"
     assert pruned.data.tags["trial_state"] == "PRUNED"
     assert pruned.data.tags["end_reason"].startswith("pruned at epoch 1")
     assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val_kl")] == [1]
     assert "test_iw_nll" not in pruned.data.metrics
     failed = children[2]
-    assert failed.info.status == "FAILED"
+    assert failed.info.status == "FAILED" and failed.info.run_name == "beta-cvae-trial-2"
     assert failed.data.tags["trial_state"] == "FAIL"
     assert "loss became nan" in failed.data.tags["end_reason"]
 
@@ -146,13 +164,14 @@ def test_complete_trials_log_models_pruned_and_failed_ones_none_and_the_best_is_
     children = _children(main_study.runs(), study.user_attrs["mlflow_parent_run_id"])
     experiment_id = children[0].info.experiment_id
     for number, run in children.items():
-        assert run.info.run_name == f"cvae-trial-{number}"
         models = client.search_logged_models(experiment_ids=[experiment_id],
                                              filter_string=f"source_run_id = '{run.info.run_id}'")
-        assert len(models) == (1 if number in (0, 1) else 0), number
+        assert [m.name for m in models] == ([f"beta-cvae-trial-{number}"] if number in (0, 1) else []), number
         assert {d.tags[0].value for d in run.inputs.dataset_inputs} == {"training", "validation", "test"}
+    # Only the feasible trial is registered, whatever the collapsed one scored.
+    (version,) = client.search_model_versions("name='t-main'")
     best = client.get_model_version_by_alias("t-main", "best")
-    assert best.tags["trial_number"] == str(study.best_trial.number)
+    assert best.version == version.version and best.tags["trial_number"] == "0" == str(study.best_trial.number)
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).data.tags["registered_model"] == "models:/t-main@best"
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -167,6 +186,9 @@ def test_parent_run_gets_plots_and_trials_table(main_study, tmp_path):
     assert list(table["state"]) == ["COMPLETE", "COMPLETE", "FAIL", "PRUNED"]
     parent = client.get_run(parent_id)
     assert parent.data.metrics["n_complete"] == 2 and parent.data.metrics["n_pruned"] == 1
+    assert parent.data.metrics["n_infeasible"] == 1 and parent.data.tags["best_trial"] == "0"
+    attrs = main_study.load().user_attrs  # what optuna-dashboard shows of the selection
+    assert attrs["best_feasible_trial"] == 0 and attrs["infeasible_trials"] == 1
     assert parent.data.metrics["best_val_neg_elbo"] == pytest.approx(main_study.load().best_value)
 
 
@@ -174,10 +196,10 @@ def test_rerun_with_the_same_total_runs_nothing_and_keeps_the_parent(main_study,
     before = main_study.load().user_attrs["mlflow_parent_run_id"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(main_study.root)
-        assert main(main_study.args("--trials", "3", "--epochs", "2", "--limit", "400")) == 0
+        assert main(main_study.args(*MAIN)) == 0
         assert "ran 0 trials" in capsys.readouterr().out
         # Changing what the trials mean is refused, and nothing is lost.
-        assert main(main_study.args("--trials", "3", "--epochs", "5", "--limit", "400")) == 2
+        assert main(main_study.args(*MAIN, "--epochs", "5")) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "epochs=2" in err
     study = main_study.load()
@@ -209,7 +231,8 @@ def test_report_joins_trials_with_their_runs(main_study, tmp_path, capsys):
 
     frame = study_report(main_study.load(), main_study.client())
     assert list(frame["number"]) == [0, 1, 2, 3]
-    assert list(frame["run_status"]) == ["FINISHED", "FINISHED", "FAILED", "KILLED"]
+    assert list(frame["run_status"]) == ["FINISHED", "FINISHED", "FAILED", "FINISHED"]
+    assert list(frame["feasible"]) == [True, False, None, None]
     children = _children(main_study.runs(), main_study.load().user_attrs["mlflow_parent_run_id"])
     for row in frame.to_dict("records"):
         run = children[row["number"]]
@@ -224,6 +247,9 @@ def test_report_joins_trials_with_their_runs(main_study, tmp_path, capsys):
     rc = main(["report", "--study-name", "t-main", "--storage", main_study.storage, "--tracking-uri",
                main_study.tracking, "--csv", str(csv)])
     assert rc == 0
+    out = capsys.readouterr().out
+    assert "note: 1 of 2 completed trials infeasible (no active latent unit: 1, KL under one bit: 1)" in out
+    assert "best feasible trial: 0 (val_neg_elbo=" in out
     assert len(pd.read_csv(csv)) == 4
     assert main(["report", "--study-name", "nope", "--storage", main_study.storage]) == 2
     err = capsys.readouterr().err
@@ -241,12 +267,18 @@ def test_report_joins_trials_with_their_runs(main_study, tmp_path, capsys):
 def test_rate_distortion_study_has_two_values_and_a_pareto_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     stores = Stores(tmp_path, "t-rd")
-    assert main(stores.args("--objective", "rate-distortion", "--trials", "3", "--epochs", "2",
-                            "--limit", "300", "--variant", "beta-cvae")) == 0
+    study = optuna.create_study(study_name=stores.study, storage=stores.storage, directions=["minimize"] * 2)
+    for trial in (USES_LATENT, COLLAPSES, {**USES_LATENT, "beta": 0.02}):
+        study.enqueue_trial(trial)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Fixed parameter beta", category=UserWarning)  # under 0.1
+        assert main(stores.args("--objective", "rate-distortion", "--trials", "3", "--epochs", "2",
+                                "--limit", "300", "--variant", "beta-cvae")) == 0
     out = capsys.readouterr().out
-    assert "rate-distortion front (val_kl, val_recon)" in out
+    assert "rate-distortion front of the feasible trials (val_kl, val_recon)" in out
     study = stores.load()
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_recon", "val_kl"]
     client = stores.client()
     children = _children(stores.runs(), study.user_attrs["mlflow_parent_run_id"])
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -254,6 +286,14 @@ def test_rate_distortion_study_has_two_values_and_a_pareto_plot(tmp_path, monkey
     for trial in complete:
         run = children[trial.number]
         assert trial.values == pytest.approx([run.data.metrics["val_recon"], run.data.metrics["val_kl"]])
+    # The collapsed trial spends the least KL, so it is on the plain Pareto front; the front excludes it,
+    # and it is neither printed nor registered.
+    assert min(complete, key=lambda t: t.values[1]).number == 1
+    front = {t.number for t in study.best_trials}
+    assert 1 not in front and front
+    assert "#1 (" not in out.split("rate-distortion front of the feasible trials")[1].splitlines()[0]
+    registered = {v.tags["trial_number"] for v in client.search_model_versions("name='t-rd'")}
+    assert registered == {str(n) for n in front}
     paths = {a.path for a in client.list_artifacts(study.user_attrs["mlflow_parent_run_id"], "study")}
     assert {"study/rate_distortion.png", "study/optimization_history_val_recon.png",
             "study/optimization_history_val_kl.png"} <= paths
@@ -402,21 +442,35 @@ def test_suite_runs_every_variant_and_logs_a_summary(tmp_path, monkeypatch, caps
     assert "optuna-dashboard sqlite:///" in out[-1]
     table = [line for line in out if line.startswith("|")]
     assert len(table) == 2 + 2 and "test_iw_nll" in table[0] and "cond_acc" in table[0]
+    assert "test_cond_std" in table[0] and "infeasible" in table[0] and "model_uri" in table[0]
     client = make_client(config["tracking_uri"])
     exp = client.get_experiment_by_name("cvae-bench-suite")
     (summary,) = client.search_runs([exp.experiment_id], filter_string="tags.run_kind = 'suite'")
-    for variant in config["variants"]:
-        study = optuna.load_study(study_name=f"suite-{variant}-digits", storage=config["storage"])
-        best = min(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value)
-        assert summary.data.metrics[f"{variant}/test_iw_nll"] == pytest.approx(best.user_attrs["test_iw_nll"])
-        assert not math.isnan(summary.data.metrics[f"{variant}/samples_per_s"])
+    summary_line = next(line for line in out if line.startswith("summary logged to MLflow run"))
+    assert summary_line.endswith(f"/#/experiments/{exp.experiment_id}/runs/{summary.info.run_id}"
+                                 "?workflowType=machine_learning")
     arts = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"suite_summary.csv", "suite_summary.md"} <= arts
-    assert "model_uri" in table[0]
+    registered = {m.name for m in client.search_registered_models()}
     for variant in config["variants"]:
-        row = next(line for line in table if f"suite-{variant}-digits" in line)
-        assert f"models:/suite-{variant}-digits/1" in row
-        assert str(client.get_model_version_by_alias(f"suite-{variant}-digits", "best").version) == "1"
+        name = f"suite-{variant}-digits"
+        study = optuna.load_study(study_name=name, storage=config["storage"])
+        complete = study.get_trials(states=(TrialState.COMPLETE,))
+        feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
+        assert complete and all(t.constraints for t in complete)  # every completed trial was judged
+        row = next(line for line in table if name in line)
+        assert row.split("|")[SUMMARY_COLUMNS.index("infeasible") + 1].strip() == str(len(complete) - len(feasible))
+        assert summary.data.metrics[f"{variant}/infeasible"] == len(complete) - len(feasible)
+        if not feasible:  # one line says why, and nothing is registered
+            assert name not in registered and "models:/" not in row
+            assert f"note: {variant}: no feasible trial ({len(complete)} completed trials" in "\n".join(out)
+            continue
+        best = min(feasible, key=lambda t: t.value)
+        assert summary.data.metrics[f"{variant}/test_iw_nll"] == pytest.approx(best.user_attrs["test_iw_nll"])
+        assert summary.data.metrics[f"{variant}/test_cond_std"] == pytest.approx(best.user_attrs["test_cond_std"])
+        assert not math.isnan(summary.data.metrics[f"{variant}/samples_per_s"])
+        assert f"models:/{name}/1" in row
+        assert client.get_model_version_by_alias(name, "best").tags["trial_number"] == str(best.number)
 
 
 def test_suite_config_errors_are_one_line(tmp_path, capsys):

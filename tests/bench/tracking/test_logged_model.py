@@ -52,6 +52,7 @@ def test_train_logs_its_model_with_metrics_requirements_and_what_rebuilds_it(tra
     client, run = trained["client"], trained["run"]
     (model,) = logged_models(client, run)
     assert str(model.status).endswith("READY") and model.model_type == "cvae"
+    assert model.name == run.info.run_name == "cvae-digits"  # named after what it is, like its run
     linked = {m.key: m for m in model.metrics}
     for key in [k for k in FINAL_METRICS if k != "test_bits_per_dim"]:
         assert linked[key].value == pytest.approx(run.data.metrics[key]), key
@@ -68,6 +69,39 @@ def test_train_logs_its_model_with_metrics_requirements_and_what_rebuilds_it(tra
     assert meta["config"]["input_shape"] == [1, 8, 8] and meta["class_names"] == [str(i) for i in range(10)]
     assert (local / "code" / "models" / "cvae.py").is_file()
     assert "loader_module: models.saved_model" in (local / "MLmodel").read_text()
+
+
+@slow
+def test_the_logged_model_has_a_signature_and_an_input_example_that_predicts(trained):
+    """What MLflow's model and registry pages show as inputs and outputs, and the request they offer."""
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    client, run = trained["client"], trained["run"]
+    (model,) = logged_models(client, run)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", trained["uri"])
+        loaded = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+    signature = loaded.metadata.signature
+    assert signature.inputs.to_dict() == [{"type": "long", "name": "label", "required": True}]
+    (output,) = signature.outputs.to_dict()
+    assert output["tensor-spec"]["dtype"] == "float32" and list(output["tensor-spec"]["shape"]) == [-1, 1, 8, 8]
+    assert {p.name: p.default for p in signature.params.params} == {"temperature": 1.0, "seed": -1}
+    local = Path(model.artifact_location.removeprefix("file://"))
+    request = json.loads((local / "serving_input_example.json").read_text())
+    assert request == {"inputs": {"label": [0, 9]}, "params": {"temperature": 0.8}}
+    assert Model.load(str(local / "MLmodel")).load_input_example(str(local)) == {"label": [0, 9]}
+    images = loaded.predict(request["inputs"], params={**request["params"], "seed": 3})
+    assert images.shape == (2, 1, 8, 8) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
+    assert np.array_equal(images, loaded.predict(request["inputs"], params={"temperature": 0.8, "seed": 3}))
+    assert not np.array_equal(images, loaded.predict(request["inputs"], params={"temperature": 0.8}))  # fresh draws
+
+
+def test_the_model_folder_reads_the_saved_config_under_its_name():
+    from bench.tracking.logged_model import SAVED_CONFIG_FILE
+    from models.saved_model import CONFIG_FILE
+
+    assert SAVED_CONFIG_FILE == CONFIG_FILE
 
 
 @slow
@@ -113,8 +147,19 @@ def test_sample_writes_a_grid_per_label_and_the_judge_recognises_the_labels(in_r
 
     png = in_root["root"] / "s.png"
     assert main(["sample", "--model", run_id, "--n", "6", "--tracking-uri", in_root["uri"], "--out", str(png)]) == 0
-    width, height = Image.open(png).size
-    assert (width, height) == (6 * (8 + 2) + 2, 10 * (8 + 2) + 2)  # one row per class, 6 per row, 2 px padding
+    picture = np.asarray(Image.open(png).convert("L"))
+    # 8x8 digits enlarged 8 times (64 px each), 6 to a row, one row per class, named at the row's left
+    from bench.figures.compute import image_grid
+    from bench.figures.draw import grid_layout
+
+    layout = grid_layout(image_grid(torch.zeros(60, 1, 8, 8), nrow=6, title="", row_labels=list("0123456789"),
+                                    display_px=64))
+    assert layout.scale == 8 and picture.shape[1] >= 6 * 64 and picture.shape[0] >= 10 * 64
+    cell = 8 * layout.scale + layout.scale  # a cell and the white line under it
+    for row in range(10):
+        centre = layout.top + layout.scale + row * cell + 4 * layout.scale
+        label_band = picture[centre - 6:centre + 6, :layout.left - 2]
+        assert (label_band < 128).any(), f"no label at the left of row {row}"
 
 
 @slow
@@ -175,3 +220,56 @@ def test_dataset_digests_identify_the_split_content():
     assert small[0]["digest"] != other[0]["digest"]  # another --limit: another training split
     assert [d["context"] for d in small] == ["training", "validation", "test"]
     assert json.loads(small[0]["profile"])["num_rows"] == 100
+
+
+@slow
+def test_the_readme_serving_recipe_answers_a_request(trained, tmp_path):
+    """`mlflow models serve -m models:/NAME@best --env-manager local` with the venv's bin on PATH (the
+    README's recipe), on loopback; the request is the model's own serving example."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    client, run = trained["client"], trained["run"]
+    (model,) = logged_models(client, run)
+    client.create_registered_model("served")
+    version = client.create_model_version("served", source=model.artifact_location, run_id=run.info.run_id,
+                                          model_id=model.model_id)
+    client.set_registered_model_alias("served", "best", version.version)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+               MLFLOW_TRACKING_URI=trained["uri"], MLFLOW_DISABLE_TELEMETRY="true")
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/served@best", "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(1)
+        local = Path(model.artifact_location.removeprefix("file://"))
+        body = (local / "serving_input_example.json").read_bytes()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            images = np.asarray(json.loads(answer.read())["predictions"], dtype=np.float32)
+        assert images.shape == (2, 1, 8, 8) and 0 <= images.min() <= images.max() <= 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # mlflow and the uvicorn it runs
+        server.wait(timeout=30)
+        log.close()

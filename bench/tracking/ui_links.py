@@ -1,0 +1,57 @@
+"""Links into the MLflow UI that open its model-training view.
+
+The UI (MLflow 3) shows every page in one of two workflow views, GenAI or model training, and starts
+in GenAI unless the page's URL says otherwise: the query parameter ``workflowType=machine_learning``
+of its hash route (``#/experiments/1/runs/abc?workflowType=machine_learning``). A user who switches
+views in the UI changes a stored default; a link with the parameter works whatever it is. Every link
+a command prints is made here.
+
+For a store that is not a server (``sqlite:///mlflow.db``), the links point at the UI that
+``mlflow ui --backend-store-uri URI`` serves on its default address. Passwords are masked (``***``):
+such a link is shown, never followed by this code.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from bench.tracking.redaction import redact_url
+
+#: The query that selects the model-training view.
+TRAINING_VIEW = "workflowType=machine_learning"
+#: Where ``mlflow ui`` serves by default.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The UI's address: the tracking server itself, else :data:`LOCAL_UI`."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return redact_url(tracking_uri).rstrip("/")
+    return LOCAL_UI
+
+
+def ui_link(tracking_uri: str, route: str) -> str:
+    """The UI page ``route`` (``/experiments/1``, hash-router path) in the model-training view."""
+    return f"{ui_base(tracking_uri)}/#{route}?{TRAINING_VIEW}"
+
+
+def experiment_link(tracking_uri: str, experiment_id: str) -> str:
+    """An experiment's runs table."""
+    return ui_link(tracking_uri, f"/experiments/{experiment_id}")
+
+
+def run_link(tracking_uri: str, run_id: str, experiment_id: str) -> str:
+    """A run's page. (The UI's shorter ``#/runs/<id>`` finds the experiment, but its redirect drops the
+    query: the page opens in the GenAI view.)"""
+    return ui_link(tracking_uri, f"/experiments/{experiment_id}/runs/{run_id}")
+
+
+def logged_model_link(tracking_uri: str, experiment_id: str, model_id: str) -> str:
+    """A logged model's page (its metrics, parameters, signature and files)."""
+    return ui_link(tracking_uri, f"/experiments/{experiment_id}/models/{model_id}")
+
+
+def registered_model_link(tracking_uri: str, name: str, version: str | None = None) -> str:
+    """A registered model's page, or one of its versions (the schema of its inputs and outputs)."""
+    route = f"/models/{quote(name, safe='')}"
+    return ui_link(tracking_uri, route if version is None else f"{route}/versions/{version}")
