@@ -1,17 +1,10 @@
 """The one writer of every MLflow run: :class:`TrackingWriter`, and :class:`RunHandle`, a run written through it.
 
-Every command that writes runs (``train``, ``study``, ``worker``, ``suite``, ``steptime``) starts one
-writer process (:mod:`bench.tracking.writer_process`) and hands it records (:mod:`bench.tracking.ops`);
-training never waits on the store: not to create a run (records name it by a local id until the store
-has given one), not per epoch, not when a trial ends. Only the end of a command waits, at most
-:data:`FLUSH_BOUND_S`: what is not written by then (a hung or unreachable server) stays in the writer's
-spool, and ``cvae-bench sync`` or the next command sends it.
-
-Why a process, not a thread: importing MLflow and writing SQLite are Python work that holds the GIL. A
-writer thread beside a digits ``fit`` (100 epochs, 2-core VM) made the command ~50 % slower (12.1-12.5 s
-vs 7.8-8.0 s): the training loop waited for the GIL after each kernel. The process imports MLflow on
-the other core while this one imports torch, draws the figures and writes the models while the next
-trial trains, and never touches this process's GIL. Design notes and measurements: docs/tracking.md.
+A command that writes runs starts one writer process (:mod:`bench.tracking.writer_process`) and hands it
+records (:mod:`bench.tracking.ops`). Training never waits on the store: runs are named by local ids until
+the store gives one, epochs go out together, figures are drawn and models written by the writer. Only a
+command's end waits, at most :func:`flush_bound_s`; what is not written by then stays spooled. Why a
+process and not a thread, and how it all fits: docs/tracking.md.
 """
 
 from __future__ import annotations
@@ -25,6 +18,7 @@ import tempfile
 import threading
 import time
 import weakref
+from multiprocessing.connection import Connection
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Mapping, Sequence
@@ -91,16 +85,19 @@ class TrackingWriter:
                  niceness: int = NICENESS) -> None:
         require_mlflow()
         self.tracking_uri = tracking_uri
+        inbox_read, inbox_write = os.pipe()
         reply_read, reply_write = os.pipe()
         root = str(Path(__file__).resolve().parents[2])  # the writer runs this same code
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.tracking.writer_process", str(reply_write), str(niceness)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, pass_fds=(reply_write,), env=env)
+                [sys.executable, "-m", "bench.tracking.writer_process", str(inbox_read), str(reply_write),
+                 str(niceness)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                pass_fds=(inbox_read, reply_write), env=env)
         finally:
+            os.close(inbox_read)
             os.close(reply_write)
-        self._replies = os.fdopen(reply_read, "rb")
+        self._inbox, self._replies = Connection(inbox_write, readable=False), Connection(reply_read, writable=False)
         self._outbox: SimpleQueue = SimpleQueue()
         self._tokens = itertools.count(1)
         self._answers: dict[int, tuple[Any, str | None]] = {}
@@ -202,7 +199,7 @@ class TrackingWriter:
         with self._cond:
             self._cond.wait_for(lambda: self.left is not None, timeout)
         if self.proc.poll() is None and self.left is None:
-            self.proc.terminate()  # spools the write in flight and the rest (writer_process.Writer.stop)
+            self.proc.terminate()  # the writer spools the write in flight and the rest
         try:
             self.proc.wait(max(5.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -231,27 +228,19 @@ class TrackingWriter:
             run._send_rows()
 
     def _send_loop(self) -> None:
-        from bench.tracking.writer_process import frame
-
-        pipe = self.proc.stdin
         try:
             while (record := self._outbox.get()) is not None:
-                pipe.write(frame(record))
-                if self._outbox.empty():
-                    pipe.flush()
+                self._inbox.send(record)
         except OSError:  # the writer is gone: close() reports it
             pass
-        finally:
-            try:
-                pipe.close()
-            except OSError:
-                pass
+        self._inbox.close()
 
     def _read_loop(self) -> None:
-        from bench.tracking.writer_process import Inbox
-
-        inbox = Inbox(self._replies.fileno())
-        while (message := inbox.get()) is not None:
+        while True:
+            try:
+                message = self._replies.recv()
+            except (EOFError, OSError):
+                break
             kind = message[0]
             with self._cond:
                 if kind == "id":
@@ -265,7 +254,6 @@ class TrackingWriter:
                 elif kind == "done":
                     self.left = message[1]
                 self._cond.notify_all()
-        self._replies.close()
         with self._cond:
             if self.fatal and self.left is None:
                 self.left = 0
