@@ -15,10 +15,12 @@ open end KILLED and its unfinished models FAILED.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,7 +37,11 @@ class Writer:
     """Applies records in order, spooling them while the store cannot be reached."""
 
     def __init__(self, inbox: Connection, replies: Connection) -> None:
-        self.inbox, self.replies = inbox, replies
+        self.replies = replies
+        # Records are taken off the pipe as they come, even while MLflow is imported or a write waits:
+        # a command killed then loses none that it had sent.
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=_pump, args=(inbox, self.inbox), name="inbox", daemon=True).start()
         self.store: Any = None
         self.spool: Any = None
         self.failures, self.retry_at = 0, 0.0
@@ -103,12 +109,8 @@ class Writer:
         """The next record; ``"timeout"``; None at the end of input (the command is gone)."""
         try:
             self.waiting = True
-            if timeout is not None and not self.inbox.poll(timeout):
-                return "timeout"
-            return self.inbox.recv()
-        except EOFError:
-            return None
-        except _Stop:
+            return self.inbox.get(timeout=timeout)
+        except (queue.Empty, _Stop):
             return "timeout"
         finally:
             self.waiting = False
@@ -211,6 +213,15 @@ class Writer:
         self.stopping = True
         if self.waiting:  # elsewhere the loop sees ``stopping`` at its next step
             raise _Stop()
+
+
+def _pump(connection: Connection, records: queue.SimpleQueue) -> None:
+    """Move records from the pipe to ``records``; None once the command has closed it (or died)."""
+    try:
+        while True:
+            records.put(connection.recv())
+    except (EOFError, OSError):
+        records.put(None)
 
 
 def drawn(record: dict[str, Any]) -> list[dict[str, Any]]:
