@@ -104,7 +104,7 @@ def register_study_models(writer: Any, study: optuna.Study, spec: StudySpec) -> 
                                  "val_active_units": f"{t.user_attrs.get('val_active_units', float('nan')):.0f}"},
                 "model_tags": {"study_name": spec.name, "variant": spec.variant, "dataset": spec.dataset},
                 "description": f"Best trials of the cvae-bench study {spec.name!r}"} for t in trials]
-    registration.asked = dict(zip((t.number for t in trials), writer.ask(records)))
+    registration.asked = dict(zip((t.number for t in trials), writer.ask(records))) if records else {}
     registration.best_asked = best.number if best is not None and best in trials else None
     return registration
 

@@ -8,7 +8,7 @@ hits both alike), after one warm-up of each (the first tracked run also creates 
 Prints the median wall time of each (seconds), the overhead of the medians in percent, the median
 of the per-round differences (less sensitive to load that changes between rounds) with a 90 %
 bootstrap interval over the rounds, and the CPU seconds each kind used (the command and every
-process it waited for: the tracking process, its drawing workers). Other work on the machine
+process it waited for: the writer process). Other work on the machine
 distorts it: CPU training slows many times over when another process takes a core.
 """
 

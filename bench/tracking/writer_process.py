@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 MAX_BACKOFF_S = 60.0
+#: After SIGTERM, how long the writer waits for more of what the command sent before its end of input (s).
+DRAIN_WAIT_S = 2.0
 
 
 class _Stop(BaseException):
@@ -83,9 +85,12 @@ class Writer:
         self.spool = Spool(Path(hello.get("spool_dir") or default_spool_dir()), uri)
         if hello.get("sync"):  # what ended processes left for this store (best effort: sync retries)
             try:
+                self.waiting = True
                 sync_spool(self.store, self.spool.dir, on_applied=self.applied)
-            except Exception:  # noqa: BLE001
+            except (Exception, _Stop):  # noqa: BLE001
                 pass
+            finally:
+                self.waiting = False
         while not self.stopping:
             record = self.next(None if not self.spool.pending else max(0.0, self.retry_at - time.monotonic()))
             if record == "timeout":
@@ -99,8 +104,9 @@ class Writer:
                 self.reply("reply", record["reply"], self.spool.pending, None)
             else:
                 self.take(record)
-        while self.stopping and (record := self.next(0)) not in (None, "timeout"):
-            self.take(record)  # SIGTERM: everything still unread goes to the spool
+        while self.stopping and (record := self.next(DRAIN_WAIT_S)) not in (None, "timeout"):
+            if record["op"] not in ("flush", "close"):
+                self.take(record)  # SIGTERM: everything the command sent goes to the spool, to its end of input
         self.reply("done", self.spool.pending)
         self.spool.close()
         return 0

@@ -216,7 +216,7 @@ def test_rerun_on_other_data_is_refused_and_changes_nothing(main_study, capsys, 
     attrs, trials, runs = study.user_attrs, len(study.trials), len(main_study.runs())
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(main_study.root)
-        assert main(main_study.args("--trials", "5", "--epochs", "2", *other_data)) == 2
+        assert main(main_study.args("--variant", "beta-cvae", "--trials", "5", "--epochs", "2", *other_data)) == 2
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert err.count("\n") == 0 and "was made with" in err and "Traceback" not in captured.out + err, err
