@@ -149,8 +149,8 @@ def test_a_corrupt_checkpoint_falls_back_to_epoch_1_with_its_reason(tmp_path, mo
 
 def _artifact_file(w: Worker) -> Path:
     """The dead trial 0's ``checkpoint/state.pt`` in the local MLflow artifact store, once the dead worker's
-    writer process has written it."""
-    deadline = time.time() + 120
+    writer process has written it (on a busy machine that can take a while: the writer runs at a low priority)."""
+    deadline = time.time() + 300
     while True:
         try:
             run = make_client(w.tracking).get_run(w.real(w.load().get_trials()[0].user_attrs["mlflow_run_id"]))

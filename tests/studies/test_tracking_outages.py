@@ -20,8 +20,11 @@ from bench.tracking import make_client
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-STUDY = ["--variant", "cvae", "--epochs", "3", "--limit", "300", "--iw-samples", "5", "--sampler", "random",
+STUDY = ["--variant", "beta-cvae", "--epochs", "3", "--limit", "300", "--iw-samples", "5", "--sampler", "random",
          "--pruner", "none", "--threads", "1", "--no-progress", "--heartbeat", "60"]
+#: Trials that use their latent (feasible, so the best is registered): beta 0.05 keeps latent units active.
+USES_LATENT = {"lr": 1e-2, "beta": 0.05, "beta_schedule": "constant", "latent_dim": 8, "hidden_width": 128,
+               "hidden_depth": 1, "batch_size": 64}
 
 
 class Setup:
@@ -43,6 +46,13 @@ class Setup:
         return subprocess.run(cmd, cwd=self.tmp, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def study(self, name: str, trials: int, *extra: str, wait: bool = True):
+        """``cvae-bench study``; a new study's trials are queued with parameters that use the latent."""
+        try:
+            self.load(name)
+        except KeyError:
+            made = optuna.create_study(study_name=name, storage=self.storage)
+            for lr in (1e-2, 5e-3, 8e-3, 3e-3)[:trials]:
+                made.enqueue_trial({**USES_LATENT, "lr": lr})
         return self.command("study", "--study-name", name, "--storage", self.storage, "--tracking-uri",
                             self.server.uri, "--trials", str(trials), *STUDY, *extra, wait=wait)
 
@@ -85,7 +95,7 @@ def test_a_hung_server_does_not_stall_trials(setup):
     than one HTTP timeout, 20 s), the study ends within its bounded wait, and once the server runs again
     `cvae-bench sync` sends everything, the registration included."""
     setup.server.start()
-    os.kill(setup.server.proc.pid, signal.SIGSTOP)
+    os.killpg(setup.server.proc.pid, signal.SIGSTOP)  # the server and its web workers: a hung server
     try:
         start = time.monotonic()
         done = setup.study("hung", 3)
@@ -98,7 +108,7 @@ def test_a_hung_server_does_not_stall_trials(setup):
             assert seconds < 15, f"trial {trial.number} took {seconds:.1f} s with the server hung"
         assert took < 120, took
     finally:
-        os.kill(setup.server.proc.pid, signal.SIGCONT)
+        os.killpg(setup.server.proc.pid, signal.SIGCONT)
     synced = setup.command("sync", "--tracking-uri", setup.server.uri)
     assert synced.returncode == 0 and "sent " in synced.stdout, synced.stdout + synced.stderr
     _assert_study_is_whole_and_registered(setup, "hung", 3)
