@@ -31,12 +31,13 @@ import os
 import socket
 import statistics
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 
-from bench import DataSplits, NonFiniteLossError, TrainConfig, fit, model_config
+from bench import DataSplits, FitResult, NonFiniteLossError, TrainConfig, fit, model_config
 from bench.tracking import NullTracker, RunTracker, config_params, log_fit, log_fit_model, run_tags
 from bench.tracking.checkpoints import RunCheckpoints
 from bench.training.checkpoint_store import trial_key
@@ -100,10 +101,12 @@ class RunFinisher:
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvae-bench-finish")
         self._pending: list = []
+        self._lock = threading.Lock()  # trials of a batch (or of several jobs) submit from their own threads
 
     def submit(self, trial_number: int, tracker: RunTracker, write: Callable[[], None]) -> None:
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._pool.submit(self._finish, trial_number, tracker, write))
+        with self._lock:
+            self._pending = [f for f in self._pending if not f.done()]
+            self._pending.append(self._pool.submit(self._finish, trial_number, tracker, write))
 
     @staticmethod
     def _finish(trial_number: int, tracker: RunTracker, write: Callable[[], None]) -> None:
@@ -123,9 +126,10 @@ class RunFinisher:
 
     def drain(self) -> None:
         """Wait until every queued write is done."""
-        for future in self._pending:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
             future.result()
-        self._pending = []
 
 
 class PruningReporter:
@@ -161,7 +165,9 @@ class Objective:
         #: Where the one-line notes go (a retry that cannot resume says why).
         self.notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
-    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+    def __call__(self, trial: optuna.Trial, fit_fn: Callable[..., FitResult] = fit) -> float | tuple[float, ...]:
+        """``fit_fn``: what trains the trial, with :func:`bench.fit`'s signature (a batch of trials gives
+        its rendezvous, :mod:`studies.batch_runner`)."""
         s = self.settings
         sampled = suggest(trial, s.variant, s.epochs)
         model_cfg = model_config(s.variant, self.data, **sampled.model_kwargs)
@@ -186,8 +192,8 @@ class Objective:
             callbacks += self.make_callbacks(trial)
         try:
             try:
-                result = fit(model_cfg, train_cfg, self.data, callbacks=callbacks, progress=False,
-                             checkpoint=checkpoints, checkpoint_every=s.checkpoint_every, resume=resume)
+                result = fit_fn(model_cfg, train_cfg, self.data, callbacks=callbacks, progress=False,
+                                checkpoint=checkpoints, checkpoint_every=s.checkpoint_every, resume=resume)
             finally:
                 if not s.keep_checkpoints:
                     checkpoints.remove()  # a finished trial (complete, pruned or failed) needs none
