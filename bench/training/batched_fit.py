@@ -33,8 +33,8 @@ import hashlib
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -42,9 +42,9 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
+import bench.training.checkpoint as ckpt
 from bench.data import DataSplits
 from bench.evaluation import final_metrics
-from bench.training import checkpoint as ckpt
 from bench.training.config import TrainConfig
 from bench.training.harness_loop import device_context
 from bench.training.loop import (
