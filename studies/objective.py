@@ -181,6 +181,8 @@ class Objective:
         trial.set_user_attr("trial_number", trial.number)
         trial.set_user_attr("checkpoint_trial", chain)
         trial.set_user_attr("worker", WORKER_ID)
+        if trial.user_attrs.get("batch_group_size", 1) != 1:  # a retry's copy of its batch's; a group sets its own
+            trial.set_user_attr("batch_group_size", 1)
         tracker, params = self._start_run(trial, model_cfg, train_cfg, retry_of=retry_of)
         checkpoints = self._checkpoints(trial, tracker, chain)
         resume = self._resume(trial, tracker, checkpoints, model_cfg, train_cfg, dead_run_id) \

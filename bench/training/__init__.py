@@ -1,7 +1,7 @@
 """Training: TrainConfig and model presets, the optimiser and train step, the harness loop, fit, the
 batched fit of many same-shaped models at once, the step timer."""
 
-from bench.training.batched_fit import BatchMember, batched_fit, group_key
+from bench.training.batched import BatchMember, batched_fit, group_key
 from bench.training.config import AMP_DTYPES, DEVICES, TrainConfig, resolve_device
 from bench.training.harness_loop import HarnessLoop
 from bench.training.loop import FitResult, NonFiniteLossError, fit
