@@ -16,9 +16,14 @@ beta, schedule) as usual, so a batch forms one group. Then the lock is released 
 - once every trial of the batch has called ``fit`` (or ended before it), the worker's own thread
   groups the fits by :func:`bench.training.group_key` (a heartbeat retry with another shape, or one
   resuming from a checkpoint, makes a group of its own) and trains each group with
-  :func:`bench.training.batched_fit` (a group of one is an ordinary ``fit``); the per-epoch callbacks
-  run there, and each trial's thread gets its own outcome: its FitResult, or the exception
-  (``TrialPruned``, ``NonFiniteLossError``, ...) that ``fit`` would have raised.
+  :func:`bench.training.batched_fit` (a group of one is an ordinary ``fit``; a group's per-epoch
+  callbacks -- reports, pruning, MLflow -- run beside its training), and each trial's thread gets
+  its own outcome: its FitResult, or the exception (``TrialPruned``, ``NonFiniteLossError``, ...)
+  that ``fit`` would have raised;
+- the trials of a group finish (figures, logging, summary attributes, tell) in their threads while
+  the next group trains; nothing there draws from or resets torch's global RNG, which the training
+  thread draws its noise from. The next batch is asked once every trial of this one is told, so
+  that its sampler (and the pruner) know their values, as they would one trial at a time.
 
 ``--batch-trials 1`` does not come here: it is :func:`studies.trial_loop.run_until_total`.
 """
@@ -179,50 +184,70 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, body: Callable[[optuna.T
     return frozen
 
 
-def run_trial_batch(study: optuna.Study, trials: Sequence[optuna.Trial], objective: BatchObjective,
-                    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> int:
-    """Run the asked ``trials`` together (see the module docstring); returns how many ran.
+class TrialBatch:
+    """Asked trials running together (see the module docstring): each in its own thread, started here;
+    :meth:`train` trains their groups in the calling thread; :meth:`join` waits for the trials to end.
 
     ``callbacks(study, frozen_trial)`` run after each trial's tell, in its thread (they must be
-    thread-safe). An error outside the trials' own (``KeyboardInterrupt``) is raised once all have ended.
+    thread-safe).
     """
-    rendezvous = FitRendezvous(len(trials))
-    errors: list[BaseException] = []
 
-    def body(trial: optuna.Trial) -> Any:
+    def __init__(self, study: optuna.Study, trials: Sequence[optuna.Trial], objective: BatchObjective,
+                 callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> None:
+        self.study, self.objective, self.callbacks = study, objective, list(callbacks)
+        self.rendezvous = FitRendezvous(len(trials))
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._run_one, args=(t,), name=f"cvae-bench-trial-{t.number}",
+                                         daemon=True) for t in trials]
+        for t in self.threads:
+            t.start()
+
+    def _body(self, trial: optuna.Trial) -> Any:
         called = False
 
         def fit_fn(*args: Any, **kwargs: Any):
             nonlocal called
             called = True
-            return rendezvous.fit(trial, *args, **kwargs)
+            return self.rendezvous.fit(trial, *args, **kwargs)
 
         try:
-            return objective(trial, fit_fn=fit_fn)
+            return self.objective(trial, fit_fn=fit_fn)
         finally:
             if not called:
-                rendezvous.leave()
+                self.rendezvous.leave()
 
-    def run_one(trial: optuna.Trial) -> None:
+    def _run_one(self, trial: optuna.Trial) -> None:
         try:
-            frozen = run_trial(study, trial, body)
-            for callback in callbacks:
-                callback(study, frozen)
-        except BaseException as exc:  # noqa: BLE001 -- raised by the worker's thread
-            errors.append(exc)
+            frozen = run_trial(self.study, trial, self._body)
+            for callback in self.callbacks:
+                callback(self.study, frozen)
+        except BaseException as exc:  # noqa: BLE001 -- raised by join, in the worker's thread
+            self.errors.append(exc)
 
-    threads = [threading.Thread(target=run_one, args=(t,), name=f"cvae-bench-trial-{t.number}", daemon=True)
-               for t in trials]
-    for t in threads:
-        t.start()
-    try:
-        rendezvous.train()
-    finally:
-        for t in threads:
+    def train(self) -> None:
+        """Train the batch's fits once all have arrived (:meth:`FitRendezvous.train`)."""
+        try:
+            self.rendezvous.train()
+        except BaseException:
+            self.join(raise_errors=False)
+            raise
+
+    def join(self, raise_errors: bool = True) -> None:
+        """Wait until every trial of the batch has ended; then raise the first error outside the trials'
+        own (``KeyboardInterrupt``)."""
+        for t in self.threads:
             while t.is_alive():
-                t.join(timeout=0.5)
-    if errors:
-        raise errors[0]
+                t.join(timeout=0.5)  # a timeout: the main thread stays interruptible
+        if self.errors and raise_errors:
+            raise self.errors[0]
+
+
+def run_trial_batch(study: optuna.Study, trials: Sequence[optuna.Trial], objective: BatchObjective,
+                    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> int:
+    """Run the asked ``trials`` together, to their end (:class:`TrialBatch`); returns how many ran."""
+    batch = TrialBatch(study, trials, objective, callbacks)
+    batch.train()
+    batch.join()
     return len(trials)
 
 
@@ -263,4 +288,3 @@ def run_batches_until_total(study: optuna.Study, objective: BatchObjective, tota
         if on_wait is not None:
             on_wait(counts)
         time.sleep(poll_seconds)
-

@@ -9,7 +9,15 @@ kernels, and its time goes to launching them. K members that share their shapes 
   lr 1 and each member's update is scaled by its own lr), KL-weight schedule (a (K, steps, 2) table),
   checkpoints, epoch callbacks (Optuna reports and pruning, the MLflow run) and history;
 - outcome: a NaN loss, a callback that raises (pruning), a failed checkpoint end that member only;
-  it leaves the group, whose remaining members go on without it (its compute stops at once).
+  it leaves the group, whose remaining members go on without it (its compute stops there).
+
+A member's end of an epoch -- its callbacks, then its checkpoint (a snapshot taken at the epoch's
+end) -- runs on a helper thread, in order, beside the group's next epoch: the callbacks of a study's
+trial write to the Optuna storage and to MLflow (~3-20 ms a write on the 2-core VM, fsync), which
+for K members would otherwise stall the group K times per epoch. The group checks them after each
+step and waits for them at the end of the epoch: a member whose callback raised (pruned) leaves the
+group then, after a few steps of the next epoch whose results are dropped (its outcome is what it
+would have been alone). Callbacks must therefore be thread-safe; each member's run in order.
 
 Members train in lock step, so they must share what sets a step's shapes and its random draws: the
 model shapes, batch size, epochs, seed, and the epoch and RNG states a resumed member starts from
@@ -34,6 +42,7 @@ import math
 import statistics
 import time
 from collections.abc import Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -107,8 +116,8 @@ def batched_fit(members: Sequence[BatchMember], data: DataSplits, *, progress: b
     resume). Per-epoch metrics are ``fit``'s; ``samples_per_s`` counts one member's examples and
     ``step_ms``/``train_seconds`` are the group's (every member steps in each group step).
 
-    A single member is run by :func:`bench.training.loop.fit` itself. Members of different keys are
-    a ValueError. Only ``KeyboardInterrupt`` and the like propagate.
+    A single member is run by :func:`bench.training.loop.fit` itself (callbacks inline). Members of
+    different keys are a ValueError. Only ``KeyboardInterrupt`` and the like propagate.
     """
     members = list(members)
     if len(members) == 1:
@@ -167,6 +176,7 @@ class _Batch:
         checkpointing = any(m.checkpoint is not None and m.checkpoint_every for m in members)
         self.base = CVAE(members[0].model_cfg).to("meta")  # the module functional_call runs; made before seeding
         self.slots: list[_Slot] = []
+        self.pending: dict[int, Future] = {}  # slot index -> its last epoch end, running beside the training
         rng_after_init = None
         for i, m in enumerate(members):
             fp = run_fingerprint(m.model_cfg, m.train_cfg, data) if (checkpointing or m.resume is not None) else ""
@@ -212,6 +222,7 @@ class _Batch:
                 s.template.state.clear()
         self._make_optimizer(state)
         self._per_member_tensors()
+        self.stats = torch.zeros(self.steps, len(self.slots), 3, device=self.device)  # (steps, k, 3) of an epoch
 
     def _make_optimizer(self, state: list[dict[str, Tensor]] | None) -> None:
         # lr 1: the stacked Adam computes each member's unit-lr update, scaled per member in :meth:`_adam_step`
@@ -229,7 +240,6 @@ class _Batch:
         lr = torch.tensor([s.member.train_cfg.lr for s in self.slots], dtype=torch.float32, device=self.device)
         self.lr = [lr.view(k, *([1] * (p.dim() - 1))) for p in self.leaves]
         self.tables = torch.stack([s.table for s in self.slots])  # (k, epochs * steps, 2)
-        self.stats = torch.zeros(self.steps, k, 3, device=self.device)
 
     def _keep(self, keep: list[int]) -> None:
         """Go on with the slots at positions ``keep`` only (the others are done)."""
@@ -248,6 +258,7 @@ class _Batch:
                      "exp_avg_sq": s["exp_avg_sq"].index_select(0, index)} for s in state]
         self._make_optimizer(kept)
         self._per_member_tensors()
+        self.stats = self.stats.index_select(1, index)  # the epoch's rows so far (a member may leave mid-epoch)
 
     @torch.no_grad()
     def _sync(self, position: int) -> CVAE:
@@ -335,40 +346,64 @@ class _Batch:
         bar = tqdm(range(self.start, epochs + 1), desc=f"{len(self.slots)} members on {self.data.name}",
                    unit="epoch", disable=None if progress else True, leave=False)
         timer = StepTimer(self.device)
-        for epoch in bar:
-            if not self.slots:
-                break
-            need = self.steps * self.batch  # one randperm per epoch, as HarnessLoop.prepare draws it
-            idx = torch.randperm(self.n, device=self.device, generator=self.generator)[:need].view(self.steps, -1)
-            wall = time.perf_counter()
-            timer.start()
-            first = (epoch - 1) * self.steps
-            for i in range(self.steps):
-                self.stats[i] = self._step(idx[i], first + i)
-                timer.mark()
-            step_ms = timer.durations_ms()  # synchronises on CUDA
-            seconds = time.perf_counter() - wall
-            stats = self.stats.cpu()  # (steps, k, 3): the epoch's one read of the training statistics
-            val = self._val_sums().tolist()
-            keep = []
-            for position, slot in enumerate(self.slots):
-                slot.train_seconds += seconds
-                slot.step_seconds += sum(step_ms) / 1e3
-                try:
-                    self._end_epoch(position, epoch, stats[:, position], val[position], seconds, step_ms)
-                except Exception as exc:  # noqa: BLE001 -- NaN, pruning, a failed callback: this member only
-                    self.outcomes[slot.index] = exc
-                    continue
-                keep.append(position)
-            self._keep(keep)
-        bar.close()
+        with ThreadPoolExecutor(max_workers=max(1, len(self.slots)), thread_name_prefix="cvae-bench-member") as pool:
+            for epoch in bar:
+                if not self.slots:
+                    break
+                need = self.steps * self.batch  # one randperm per epoch, as HarnessLoop.prepare draws it
+                idx = torch.randperm(self.n, device=self.device, generator=self.generator)[:need].view(self.steps, -1)
+                wall = time.perf_counter()
+                timer.start()
+                first = (epoch - 1) * self.steps
+                for i in range(self.steps):
+                    self.stats[i] = self._step(idx[i], first + i)
+                    timer.mark()
+                    if self.pending and all(f.done() for f in self.pending.values()):
+                        self._settle()  # the last epoch's callbacks are done: a pruned member leaves now
+                step_ms = timer.durations_ms()  # synchronises on CUDA
+                seconds = time.perf_counter() - wall
+                self._settle()
+                if not self.slots:
+                    break
+                stats = self.stats.cpu()  # (steps, k, 3): the epoch's one read of the training statistics
+                val = self._val_sums().tolist()
+                keep = []
+                for position, slot in enumerate(self.slots):
+                    slot.train_seconds += seconds
+                    slot.step_seconds += sum(step_ms) / 1e3
+                    try:
+                        metrics = self._epoch_metrics(position, epoch, stats[:, position], val[position], seconds,
+                                                      step_ms)
+                    except NonFiniteLossError as exc:
+                        self.outcomes[slot.index] = exc
+                        continue
+                    slot.history.append({"epoch": epoch, **metrics})
+                    state = self._checkpoint_state(position, epoch) if self._checkpoint_due(slot, epoch) else None
+                    self.pending[slot.index] = pool.submit(self._end_epoch, slot.member, epoch, metrics, state)
+                    keep.append(position)
+                self._keep(keep)
+            bar.close()
+            self._settle()
         for position, slot in enumerate(self.slots):
             self.outcomes[slot.index] = self._finish(position, final_eval)
         return list(self.outcomes)  # type: ignore[arg-type]
 
-    def _end_epoch(self, position: int, epoch: int, stats: Tensor, val: list[float], seconds: float,
-                   step_ms: list[float]) -> None:
-        """fit's end of an epoch for one member: checks, metrics, callbacks, checkpoint."""
+    def _settle(self) -> None:
+        """Wait for the members' pending epoch ends; a member whose callbacks or checkpoint raised leaves
+        the group with that exception as its outcome (whatever it trained since is dropped)."""
+        failed = set()
+        for index, future in self.pending.items():
+            error = future.exception()
+            if error is not None:
+                self.outcomes[index] = error
+                failed.add(index)
+        self.pending = {}
+        if failed:
+            self._keep([p for p, slot in enumerate(self.slots) if slot.index not in failed])
+
+    def _epoch_metrics(self, position: int, epoch: int, stats: Tensor, val: list[float], seconds: float,
+                       step_ms: list[float]) -> dict[str, float]:
+        """fit's metrics of an epoch for one member; :class:`NonFiniteLossError` as fit raises it."""
         slot = self.slots[position]
         bad = ~torch.isfinite(stats[:, 0])
         if bad.any():
@@ -385,13 +420,20 @@ class _Batch:
         }
         if not math.isfinite(metrics["val_neg_elbo"]):
             raise NonFiniteLossError(metrics["val_neg_elbo"], epoch, self.steps)
-        slot.history.append({"epoch": epoch, **metrics})
-        for callback in slot.member.callbacks:
-            callback(epoch, metrics)
+        return metrics
+
+    def _checkpoint_due(self, slot: _Slot, epoch: int) -> bool:
         m = slot.member
-        if m.checkpoint is not None and m.checkpoint_every and epoch % m.checkpoint_every == 0 \
-                and epoch < self.cfg.epochs:
-            m.checkpoint(epoch, self._checkpoint_state(position, epoch))
+        return m.checkpoint is not None and bool(m.checkpoint_every) and epoch % m.checkpoint_every == 0 \
+            and epoch < self.cfg.epochs
+
+    @staticmethod
+    def _end_epoch(member: BatchMember, epoch: int, metrics: dict[str, float], state: dict | None) -> None:
+        """fit's end of an epoch for one member, on a helper thread: its callbacks, then its checkpoint."""
+        for callback in member.callbacks:
+            callback(epoch, metrics)
+        if state is not None:
+            member.checkpoint(epoch, state)
 
     def _checkpoint_state(self, position: int, epoch: int) -> dict[str, Any]:
         slot = self.slots[position]

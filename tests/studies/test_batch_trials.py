@@ -77,12 +77,13 @@ def test_batches_form_groups_and_each_trial_ends_in_its_own_state(batched_study)
 
 @pytest.mark.slow
 def test_a_trial_trained_in_a_group_ends_as_it_would_alone(batched_study):
+    """Trials 4 and 5 trained while batch 1's trials were logging (figures, MLflow) in their threads."""
     study, _ = batched_study
-    trial = study.trials[0]
-    alone = _direct_fit(trial.params, EPOCHS, LIMIT)
-    assert trial.value == pytest.approx(alone.history[-1]["val_neg_elbo"], rel=0.01)
-    assert trial.value == pytest.approx(alone.history[-1]["val_neg_elbo"], rel=1e-4)  # measured: ~1e-7
-    assert trial.user_attrs["test_iw_nll"] == pytest.approx(alone.final["test_iw_nll"], rel=1e-4)
+    for trial in (study.trials[0], study.trials[4], study.trials[5]):
+        alone = _direct_fit(trial.params, EPOCHS, LIMIT)
+        assert trial.value == pytest.approx(alone.history[-1]["val_neg_elbo"], rel=0.01)
+        assert trial.value == pytest.approx(alone.history[-1]["val_neg_elbo"], rel=1e-4)  # measured: ~1e-7
+        assert trial.user_attrs["test_iw_nll"] == pytest.approx(alone.final["test_iw_nll"], rel=1e-4)
 
 
 @pytest.mark.slow
