@@ -19,9 +19,9 @@ three runs sample the same parameters in the same order) and paired by trial num
 
 Batched trials (``--batch-trials 1,8``) measures instead one study per K, one after the other, each a
 ``cvae-bench study --batch-trials K`` process on the same work: ``--trials`` (default 32) trials of
-``--epochs`` (default 10) on all of ``digits``, random sampler, no pruning, the study's other defaults,
-and the shape parameters fixed for every trial (:data:`FIXED_SHAPE`, enqueued; lr is sampled), so
-every K trains the same models. Storage: a SQLite file in a temporary folder unless ``--storage``;
+``--epochs`` (default 10) on all of ``digits``, random sampler, no pruning, ``--iw-samples 5`` and
+``--threads 1`` as above, the study's other defaults, and the shape parameters fixed for every trial
+(:data:`FIXED_SHAPE`, enqueued; lr is sampled), so every K trains the same models. Storage: a SQLite file in a temporary folder unless ``--storage``;
 untracked unless ``--tracking-uri``. Reported per K: ``wall_s`` (process start to exit),
 ``cpu_s`` (the process's user + system CPU seconds), ``trials_per_min`` (steady rate, as above)
 and its ratio to the first K's.
@@ -124,7 +124,7 @@ def measure_batches(args: argparse.Namespace, k: int, stamp: str, work: Path) ->
     start, cpu = time.perf_counter(), _children_cpu_s()
     _wait([_cli("study", "--study-name", name, "--storage", storage, "--trials", str(args.trials), "--epochs",
                 str(args.epochs), "--sampler", "random", "--pruner", "none", "--batch-trials", str(k),
-                "--no-progress", *limit, *tracking, cwd=work)])
+                "--iw-samples", "5", "--threads", "1", "--no-progress", *limit, *tracking, cwd=work)])
     wall, cpu = time.perf_counter() - start, _children_cpu_s() - cpu
     return {"batch_trials": k, "wall_s": wall, "cpu_s": cpu, "trials_per_min": _rate_per_min(storage, name)}
 
@@ -140,7 +140,7 @@ def batches_main(args: argparse.Namespace, stamp: str) -> int:
         rows = [measure_batches(args, int(k), stamp, Path(tmp)) for k in args.batch_trials.split(",")]
     shape = " ".join(f"{k}={v}" for k, v in FIXED_SHAPE.items())
     print(f"{args.trials} trials of {args.epochs} epochs on digits ({f'limit {args.limit}' if args.limit else 'all'}"
-          f"), random sampler, no pruning, every trial {shape}; storage "
+          f"), random sampler, no pruning, iw-samples 5, 1 thread, every trial {shape}; storage "
           f"{redact_url(args.storage) if args.storage else 'SQLite (temporary file)'}, "
           f"{'tracking ' + redact_url(args.tracking_uri) if args.tracking_uri else 'untracked'}, "
           f"{os.cpu_count()} CPUs")
