@@ -60,6 +60,7 @@ class _Request:
     final_eval: bool
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Any = None
+    group_size: int = 1
 
     def deliver(self, outcome: Any) -> None:
         self.outcome = outcome
@@ -91,6 +92,7 @@ class FitRendezvous:
             self._pending -= 1
             self._cond.notify_all()
         request.done.wait()
+        trial.set_user_attr("batch_group_size", request.group_size)  # here: the training thread does not wait on it
         if isinstance(request.outcome, BaseException):
             raise request.outcome
         return request.outcome
@@ -113,7 +115,7 @@ class FitRendezvous:
         try:
             for group in groups.values():
                 for r in group:
-                    r.trial.set_user_attr("batch_group_size", len(group))
+                    r.group_size = len(group)
                 try:
                     outcomes = batched_fit([r.member for r in group], group[0].data, progress=False,
                                            final_eval=group[0].final_eval)

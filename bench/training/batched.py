@@ -177,7 +177,6 @@ class _Batch:
         self.base = CVAE(members[0].model_cfg).to("meta")  # the module functional_call runs; made before seeding
         self.slots: list[_Slot] = []
         self.pending: dict[int, Future] = {}  # slot index -> its last epoch end, running beside the training
-        rng_after_init = None
         for i, m in enumerate(members):
             fp = run_fingerprint(m.model_cfg, m.train_cfg, data) if (checkpointing or m.resume is not None) else ""
             if m.resume is not None:
@@ -186,9 +185,9 @@ class _Batch:
                 except ckpt.CheckpointError as exc:
                     self.outcomes[i] = exc
                     continue
-            seed_everything(cfg.seed)  # as fit: every member initialised from the seed
+            # as fit: each member initialised from the seed, the global RNG left as after one fit's init
+            seed_everything(cfg.seed)
             model = CVAE(m.model_cfg).to(device)
-            rng_after_init = torch.get_rng_state()
             template = make_optimizer(model, m.train_cfg.lr, cfg.weight_decay)
             table = schedule_table(m.model_cfg.beta, self.steps, cfg.epochs, device)
             slot = _Slot(i, m, model, template, table, fp)
@@ -198,8 +197,6 @@ class _Batch:
             self.slots.append(slot)
         resumed = next((s.member.resume for s in self.slots if s.member.resume is not None), None)
         self.start = 1 if resumed is None else int(resumed["epoch"]) + 1
-        if resumed is None and rng_after_init is not None:
-            torch.set_rng_state(rng_after_init)  # every member's init drew the same amount: as after fit's one
         self._stack(resumed=resumed is not None)
         self._build_functions()
 
