@@ -122,6 +122,20 @@ def test_a_batch_shares_the_shape_parameters_of_its_first_trial(tmp_path, monkey
         assert all(t.user_attrs["batch_group_size"] == 3 for t in batch)
 
 
+def test_a_trial_trained_alone_does_not_keep_a_copied_group_size(digits):
+    """A heartbeat retry copies its dead trial's attributes; trained alone, it says so."""
+    from studies.objective import Objective, TrialSettings
+
+    study = optuna.create_study()
+    study.enqueue_trial({"lr": 1e-2, **GOOD})
+    trial = study.ask()
+    trial.set_user_attr("batch_group_size", 3)  # as a retry of a trial of a lost batch of 3 has it
+    objective = Objective(TrialSettings(variant="cvae", objective="neg-elbo", epochs=1, device="cpu", iw_samples=5,
+                                        study_name="s"), digits)
+    assert objective(trial) > 0
+    assert study.trials[0].user_attrs["batch_group_size"] == 1
+
+
 # -- the Optuna side: exact totals and heartbeat retries with batches --------------------------------------
 
 def _sleepy(seconds: float):
@@ -282,7 +296,8 @@ def test_a_lost_batch_resumes_from_its_checkpoints(tmp_path, monkeypatch, batch)
         assert 1 <= k < w.EPOCHS and k % w.EVERY == 0
         assert sorted(t.intermediate_values) == list(range(1, w.EPOCHS + 1))
         same_point = [u for u in retried if u.user_attrs["resumed_from_epoch"] == k]
-        assert t.user_attrs["batch_group_size"] == (len(same_point) if batch > 1 else 1)  # not the lost batch's
+        # none (alone) or 1 with --batch-trials 1: never the lost batch's
+        assert t.user_attrs.get("batch_group_size", 1) == (len(same_point) if batch > 1 else 1)
         history = make_client(w.tracking).get_metric_history(t.user_attrs["mlflow_run_id"], "val_neg_elbo")
         assert sorted(m.step for m in history) == list(range(1, w.EPOCHS + 1))  # every epoch once in its run
         alone = _direct_fit(t.params, w.EPOCHS, w.LIMIT)  # run straight through, alone
