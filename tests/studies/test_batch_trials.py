@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import FixedTrial, TrialState
 
 from bench import TrainConfig, fit, model_config
@@ -35,9 +36,14 @@ def _direct_fit(params: dict, epochs: int, limit: int, **train):
     """The trial with ``params`` run alone with fit (the study's seed 0, CPU)."""
     data = load_data(StudySpec(limit=limit, epochs=epochs, iw_samples=5, device="cpu"))
     sampled = suggest(FixedTrial(params), "cvae", epochs)
-    return fit(model_config("cvae", data, **sampled.model_kwargs),
-               TrainConfig(epochs=epochs, seed=0, device="cpu", iw_samples=5, **sampled.train_kwargs, **train), data,
-               progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the study trains it (one thread per job on 2 cores)
+    try:
+        return fit(model_config("cvae", data, **sampled.model_kwargs),
+                   TrainConfig(epochs=epochs, seed=0, device="cpu", iw_samples=5, **sampled.train_kwargs, **train),
+                   data, progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # -- one tracked study: a group of three (one NaN), then a group of two (one pruned) and a trial alone --------

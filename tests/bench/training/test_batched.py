@@ -16,6 +16,16 @@ from bench.training import checkpoint as ckpt
 TIMING = ("samples_per_s", "step_ms")  # wall clock; a group's step time is not a lone fit's
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread, as a study's trials train on a 2-core machine: small steps on two OpenMP
+    threads slow down many times over when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
 
