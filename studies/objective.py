@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 
-from bench import DataSplits, NonFiniteLossError, TrainConfig, fit, model_config
+from bench import DataSplits, FitResult, NonFiniteLossError, TrainConfig, fit, model_config
 from bench.errors import interrupt_reason
 from bench.tracking import NullTracker, RunHandle, config_params, log_fit, log_trained, run_tags
 from bench.tracking.checkpoints import RunCheckpoints
@@ -137,7 +137,9 @@ class Objective:
         #: Where the one-line notes go (a retry that cannot resume says why).
         self.notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
-    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+    def __call__(self, trial: optuna.Trial, fit_fn: Callable[..., FitResult] = fit) -> float | tuple[float, ...]:
+        """``fit_fn``: what trains the trial, with :func:`bench.fit`'s signature (a batch of trials gives
+        its rendezvous, :mod:`studies.batch_runner`)."""
         s = self.settings
         sampled = suggest(trial, s.variant, s.epochs)
         model_cfg = model_config(s.variant, self.data, **sampled.model_kwargs)
@@ -151,6 +153,8 @@ class Objective:
         trial.set_user_attr("trial_number", trial.number)
         trial.set_user_attr("checkpoint_trial", chain)
         trial.set_user_attr("worker", WORKER_ID)
+        if trial.user_attrs.get("batch_group_size", 1) != 1:  # a retry's copy of its batch's; a group sets its own
+            trial.set_user_attr("batch_group_size", 1)
         tracker, params = self._start_run(trial, model_cfg, train_cfg, retry_of=retry_of)
         checkpoints = self._checkpoints(trial, tracker, chain)
         resume = self._resume(trial, tracker, checkpoints, model_cfg, train_cfg, dead_run_id) \
@@ -166,9 +170,9 @@ class Objective:
             interrupted = False
             try:
                 # the figures and the model go to the writer once trained, while the test metrics are computed
-                result = fit(model_cfg, train_cfg, self.data, callbacks=callbacks, progress=False,
-                             checkpoint=checkpoints, checkpoint_every=s.checkpoint_every, resume=resume,
-                             on_trained=lambda trained: log_trained(tracker, trained, **logged))
+                result = fit_fn(model_cfg, train_cfg, self.data, callbacks=callbacks, progress=False,
+                                checkpoint=checkpoints, checkpoint_every=s.checkpoint_every, resume=resume,
+                                on_trained=lambda trained: log_trained(tracker, trained, **logged))
             except KeyboardInterrupt:
                 interrupted = True  # its retry resumes from the last checkpoint
                 raise

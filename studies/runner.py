@@ -7,6 +7,8 @@
 - One study = one MLflow parent run, its id kept in ``study.user_attrs["mlflow_parent_run_id"]``
   so that reruns and other workers reuse it; each trial is a child run (:mod:`studies.objective`).
   At the end the parent gets the study's plots and trials table (:mod:`studies.plots`).
+- ``batch_trials`` K > 1: each job asks up to K trials at a time and trains those whose models share
+  their shapes as one vmapped model (:mod:`studies.batch_runner`); each stays its own trial and run.
 - ``jobs`` threads run trials side by side, each with its own sampler (seeded differently);
   ``cvae-bench worker`` processes on other machines join the same study (:mod:`studies.cli.worker`):
   what defines the study is kept in its user attributes (:func:`studies.spec.study_attrs`).
@@ -38,6 +40,7 @@ from bench.tracking.dataset_inputs import dataset_inputs
 from bench.tracking.ops import now_ms
 from bench.tracking.ui_links import registered_model_link, run_link
 from studies.feasibility import best_trial, completed, record_selection, selection_note
+from studies.batch_runner import run_batches_until_total
 from studies.lock import study_lock
 from studies.objective import INTERRUPTED, WORKER_ID, ChildRuns, Objective, TrialSettings
 from studies.registry import (
@@ -48,6 +51,7 @@ from studies.registry import (
     run_id_of,
     unresolved_run_ids,
 )
+from studies.search_space import shape_params, suggest
 from studies.spec import Role, StudySpec, attr_name, fields_of, setting_of, settings_from_attrs, study_attrs
 from studies.storage import dashboard_hint, is_journal, normalize_url, open_storage, retry_stale_trial
 from studies.trial_loop import FINISHED, count_trials, run_until_total
@@ -305,7 +309,8 @@ class StudyRun:
         spec = self.spec
         if parent is not None:
             parent.set_tags({"trials_total": spec.trials, "sampler": spec.sampler, "pruner": spec.resolved_pruner,
-                             "optuna_storage": redact_url(spec.storage), "jobs": spec.jobs})
+                             "optuna_storage": redact_url(spec.storage), "jobs": spec.jobs,
+                             "batch_trials": spec.batch_trials})
         existing = len(study.get_trials(deepcopy=False))
         finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
         runs = ChildRuns(self.writer, self.experiment, parent.local_id) if parent is not None else None
@@ -321,6 +326,12 @@ class StudyRun:
         stop = threading.Event()
         objective = Objective(settings, self.data, runs=runs, data_options=data_options, datasets=datasets,
                               stop=stop)
+        if finished_before < spec.trials:
+            # the judge of test_cond_acc, trained once per process (cached): before the first trial, not inside
+            # its final metrics, so that no trial's duration holds it
+            from bench.evaluation import train_classifier
+
+            train_classifier(self.data.to(resolve_device(spec.device)), seed=spec.seed)
         progress = _Progress(spec, finished_before, self.progress, self.stream)
 
         def guard(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -336,9 +347,16 @@ class StudyRun:
             own = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler,
                                     pruner=make_pruner(spec.resolved_pruner, spec.epochs, spec.trials))
             try:
-                ran[j] = run_until_total(own, objective, spec.trials, lambda: study_lock(lock_url, spec.name),
-                                         timeout=spec.timeout, callbacks=[progress, guard], stop_event=stop,
-                                         poll_seconds=1.0)
+                if spec.batch_trials > 1:
+                    ran[j] = run_batches_until_total(
+                        own, objective, spec.trials, lambda: study_lock(lock_url, spec.name),
+                        batch_trials=spec.batch_trials, sample=lambda t: suggest(t, spec.variant, spec.epochs),
+                        shared_params=shape_params(spec.variant), timeout=spec.timeout, callbacks=[progress, guard],
+                        stop_event=stop, poll_seconds=1.0)
+                else:
+                    ran[j] = run_until_total(own, objective, spec.trials, lambda: study_lock(lock_url, spec.name),
+                                             timeout=spec.timeout, callbacks=[progress, guard], stop_event=stop,
+                                             poll_seconds=1.0)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM (in a job thread: the main thread's, passed on)
                 if threading.current_thread() is threading.main_thread():
                     raise

@@ -3,6 +3,8 @@
 Every variant searches :data:`COMMON`; ``beta-cvae`` adds the KL weight and its schedule,
 ``flow-cvae`` the flow type and length. Distributions are Optuna's own. :func:`suggest` turns a
 trial's values into the keyword arguments of :func:`bench.model_config` and :class:`bench.TrainConfig`.
+:data:`SHAPE_PARAMS` are the parameters that set a model's tensor shapes or its batch size: trials
+that share them can train as one vmapped model (``--batch-trials``, :mod:`studies.batch_runner`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ SEARCH_SPACES: dict[str, dict[str, BaseDistribution]] = {
         "flow_length": IntDistribution(1, 8),
     },
 }
+
+
+#: Parameters that set the model's shapes (latent size, hidden layers, flow type and length) or the
+#: batch size; the others (lr, beta, beta_schedule) are per-trial values of a batched group.
+SHAPE_PARAMS = ("latent_dim", "hidden_width", "hidden_depth", "batch_size", "flow", "flow_length")
+
+
+def shape_params(variant: str) -> tuple[str, ...]:
+    """The :data:`SHAPE_PARAMS` of ``variant``'s search space."""
+    return tuple(name for name in SEARCH_SPACES[variant] if name in SHAPE_PARAMS)
 
 
 @dataclass(frozen=True)

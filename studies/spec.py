@@ -134,6 +134,10 @@ class StudySpec:
                                     default_text=": no limit", unit="seconds", bound=(">", 0), metavar="S")
     jobs: int = setting(1, Role.LOCAL, "trials run side by side in threads ({default})", bound=(">=", 1), metavar="J",
                         worker_help="trials this worker runs side by side ({default})")
+    batch_trials: int = setting(
+        1, Role.LOCAL, "ask up to K trials at once and train those whose models share their shapes as one vmapped "
+                       "model; the batch's first trial samples latent size, hidden layers, flow and batch size, the "
+                       "others take its values ({default}: one at a time)", bound=(">=", 1), metavar="K")
     seed: int = setting(0, Role.DEFINES, "seed of the data split, the models and the sampler ({default})",
                         bound=(">=", 0))
     device: str = setting("auto", Role.LOCAL, "auto ({default}: cuda if present), cpu, cuda or cuda:N",
@@ -191,6 +195,12 @@ class StudySpec:
         if self.objective == "rate-distortion" and self.pruner not in (None, "none"):
             raise ConfigError(f"pruner={self.pruner!r}: the rate-distortion objective has two values and Optuna "
                               "cannot prune multi-objective trials; use pruner none")
+        if self.batch_trials > 1 and self.compile:
+            raise ConfigError(f"compile=True: batched trials (batch_trials={self.batch_trials}) train eager; "
+                              "drop --compile or use --batch-trials 1")
+        if self.batch_trials > 1 and self.cuda_graphs:
+            raise ConfigError(f"cuda_graphs=True: batched trials (batch_trials={self.batch_trials}) train without "
+                              "CUDA graphs; leave --cuda-graphs unset or use --batch-trials 1")
         for name in ("study_name", "experiment", "registered_model"):  # None: the default; '' is no name
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must not be empty")

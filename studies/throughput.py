@@ -1,5 +1,5 @@
 """How fast a shared study goes: trials per minute with 1..N workers, and what one trial pays for
-its storage and tracking round trips.
+its storage and tracking round trips; or with K trials trained at once (``--batch-trials``).
 
     python -m studies.throughput --storage postgresql://u:pw@host/optuna --tracking-uri http://host:5000 \\
         --workers 1,2,3 --trials 12 --epochs 3
@@ -16,6 +16,15 @@ three runs sample the same parameters in the same order) and paired by trial num
 
 - storage: trial duration on ``--storage`` minus on a local journal file, both untracked (ms);
 - tracking: trial duration tracked on ``--tracking-uri`` minus untracked, both on ``--storage`` (ms).
+
+Batched trials (``--batch-trials 1,8``) measures instead one study per K, one after the other, each a
+``cvae-bench study --batch-trials K`` process on the same work: ``--trials`` (default 32) trials of
+``--epochs`` (default 10) on all of ``digits``, random sampler, no pruning, ``--iw-samples 5`` and
+``--threads 1`` as above, the study's other defaults, and the shape parameters fixed for every trial
+(:data:`FIXED_SHAPE`, enqueued; lr is sampled), so every K trains the same models. Storage: a SQLite file in a temporary folder unless ``--storage``;
+untracked unless ``--tracking-uri``. Reported per K: ``wall_s`` (process start to exit),
+``cpu_s`` (the process's user + system CPU seconds), ``trials_per_min`` (steady rate, as above)
+and its ratio to the first K's.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -98,17 +108,72 @@ def measure_workers(args: argparse.Namespace, n_workers: int, stamp: str, work: 
     return {"workers": n_workers, "wall_s": wall, "trials_per_min": _rate_per_min(args.storage, name)}
 
 
+#: The shape parameters every trial of the batched-trials measurement trains with (lr is sampled).
+FIXED_SHAPE = {"latent_dim": 16, "hidden_width": 128, "hidden_depth": 1, "batch_size": 64}
+
+
+def measure_batches(args: argparse.Namespace, k: int, stamp: str, work: Path) -> dict[str, float]:
+    """One study of ``args.trials`` trials at ``--batch-trials k``: wall seconds and trials per minute."""
+    storage = args.storage or f"sqlite:///{work / 'batches.db'}"
+    name = f"tp-batch{k}-{stamp}"
+    study = optuna.create_study(study_name=name, storage=open_storage(storage))
+    for _ in range(args.trials):
+        study.enqueue_trial(FIXED_SHAPE)
+    tracking = ["--tracking-uri", args.tracking_uri] if args.tracking_uri else ["--no-track"]
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    start, cpu = time.perf_counter(), _children_cpu_s()
+    _wait([_cli("study", "--study-name", name, "--storage", storage, "--trials", str(args.trials), "--epochs",
+                str(args.epochs), "--sampler", "random", "--pruner", "none", "--batch-trials", str(k),
+                "--iw-samples", "5", "--threads", "1", "--no-progress", *limit, *tracking, cwd=work)])
+    wall, cpu = time.perf_counter() - start, _children_cpu_s() - cpu
+    return {"batch_trials": k, "wall_s": wall, "cpu_s": cpu, "trials_per_min": _rate_per_min(storage, name)}
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of the ended child processes (less sensitive to a shared machine than wall time)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def batches_main(args: argparse.Namespace, stamp: str) -> int:
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-throughput-") as tmp:
+        rows = [measure_batches(args, int(k), stamp, Path(tmp)) for k in args.batch_trials.split(",")]
+    shape = " ".join(f"{k}={v}" for k, v in FIXED_SHAPE.items())
+    print(f"{args.trials} trials of {args.epochs} epochs on digits ({f'limit {args.limit}' if args.limit else 'all'}"
+          f"), random sampler, no pruning, iw-samples 5, 1 thread, every trial {shape}; storage "
+          f"{redact_url(args.storage) if args.storage else 'SQLite (temporary file)'}, "
+          f"{'tracking ' + redact_url(args.tracking_uri) if args.tracking_uri else 'untracked'}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'batch_trials':>12}  {'wall_s':>7}  {'cpu_s':>7}  {'trials/min':>10}  {'ratio':>5}")
+    for r in rows:
+        r["ratio"] = r["trials_per_min"] / rows[0]["trials_per_min"]
+        print(f"{r['batch_trials']:>12}  {r['wall_s']:>7.1f}  {r['cpu_s']:>7.1f}  {r['trials_per_min']:>10.1f}  "
+              f"{r['ratio']:>5.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"batches": rows}, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m studies.throughput", description=__doc__.split("\n\n")[0])
-    p.add_argument("--storage", required=True, metavar="URL", help="shared Optuna storage (PostgreSQL)")
-    p.add_argument("--tracking-uri", required=True, metavar="URI", help="MLflow tracking server")
+    p.add_argument("--storage", metavar="URL", help="shared Optuna storage (PostgreSQL); required unless --batch-trials")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking server; required unless --batch-trials")
     p.add_argument("--workers", default="1,2,3", help="worker counts to measure (default 1,2,3)")
-    p.add_argument("--trials", type=int, default=12, help="finished trials per study (default 12)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
-    p.add_argument("--limit", type=int, default=600, help="examples per split (default 600)")
+    p.add_argument("--batch-trials", metavar="K,K", help="measure batched trials instead: one study per K "
+                   "(e.g. 1,8), untracked unless --tracking-uri")
+    p.add_argument("--trials", type=int, help="finished trials per study (default 12; batched: 32)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default 3; batched: 10)")
+    p.add_argument("--limit", type=int, help="examples per split (default 600; batched: all)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     stamp = time.strftime("%Y%m%d%H%M%S")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.batch_trials:
+        args.trials, args.epochs = args.trials or 32, args.epochs or 10
+        return batches_main(args, stamp)
+    if not (args.storage and args.tracking_uri):
+        p.error("--storage and --tracking-uri are required (or measure --batch-trials)")
+    args.trials, args.epochs, args.limit = args.trials or 12, args.epochs or 3, args.limit or 600
     with tempfile.TemporaryDirectory(prefix="cvae-bench-throughput-") as tmp:
         work = Path(tmp)
         overhead = measure_overhead(args, stamp, work)

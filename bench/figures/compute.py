@@ -2,9 +2,12 @@
 
 :mod:`bench.figures.kinds` describes the figures and :mod:`bench.figures.draw` draws them; this module
 runs the model to fill them in. Image grids are tiled by :func:`torchvision.utils.make_grid`.
-:func:`fit_figure_data` leaves the model as it found it: the same train/eval mode, and the global
-torch RNG state restored, so computing the figures before the final test metrics does not change
-those metrics (tracked and untracked runs report the same numbers).
+:func:`fit_figure_data` leaves the model as it found it (the same train/eval mode) and draws nothing
+from the global torch RNG (prior samples come from their own seeded generator), so computing the
+figures before the final test metrics does not change those metrics (tracked and untracked runs
+report the same numbers), and a thread may compute them while another trains: a save and restore of
+the global RNG state there would rewind the other thread's stream (batched trials,
+:mod:`studies.batch_runner`).
 """
 
 from __future__ import annotations
@@ -139,11 +142,10 @@ def fit_figure_data(result: Any, split: Split | None = None) -> dict[str, Figure
     :data:`bench.figures.kinds.FIGURE_FILES` (images from the val split unless ``split`` is given)."""
     model, data = result.model, result.data
     split = split if split is not None else data.val
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.no_grad():
             return {
                 "reconstructions": reconstructions(model, split),
                 "class_samples": class_samples(model, data.class_names),

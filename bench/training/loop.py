@@ -19,10 +19,10 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+import bench.training.checkpoint as ckpt
 from bench.data import DataSplits
 from bench.errors import CLIError
 from bench.evaluation import elbo_terms, final_metrics
-from bench.training import checkpoint as ckpt
 from bench.training.config import TrainConfig
 from bench.training.harness_loop import GRAPH_WARMUP_STEPS, HarnessLoop, device_context
 from bench.training.step import make_optimizer, make_train_step

@@ -102,7 +102,8 @@ def run_study_command(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     print(f"cvae-bench study: {spec.name!r}: {spec.variant} on {spec.dataset}, objective {spec.objective}, "
           f"{spec.trials} finished trials wanted, {spec.epochs} epochs each, sampler {spec.sampler}, "
-          f"pruner {spec.resolved_pruner}, {spec.jobs} job(s)", flush=True)
+          f"pruner {spec.resolved_pruner}, {spec.jobs} job(s)"
+          + (f", up to {spec.batch_trials} trials at once" if spec.batch_trials > 1 else ""), flush=True)
     outcome = run_study(spec, progress=not args.no_progress)
     print("\n".join(summary_lines(spec, outcome)))
     return 0

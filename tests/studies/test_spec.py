@@ -35,7 +35,7 @@ FIELDS = [f.name for f in dataclasses.fields(StudySpec)]
 #: The roles as the design states them (pinned here, so a change to the declaration is a decision).
 DEFINING = {"variant", "dataset", "objective", "epochs", "seed", "limit", "image_size"}  # the trials' data too
 STORED = {"pruner", "sampler", "iw_samples", "experiment", "trials", "registered_model"}
-LOCAL = {"storage", "study_name", "jobs", "device", "threads", "heartbeat", "timeout", "track", "tracking_uri",
+LOCAL = {"storage", "study_name", "jobs", "batch_trials", "device", "threads", "heartbeat", "timeout", "track", "tracking_uri",
          "data_root", "download", "log_model", "cuda_graphs", "compile", "amp", "checkpoint_every", "keep_checkpoints"}
 STORED_ATTRS = (DEFINING | STORED | {"trials_total"}) - {"trials"}
 
@@ -168,6 +168,7 @@ def test_suite_config_accepts_every_key_and_null_where_the_spec_does(tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("trials", 0, "trials=0: must be an integer >= 1"),
     ("jobs", True, "jobs=True: must be an integer >= 1"),
+    ("batch_trials", 0, "batch_trials=0: must be an integer >= 1"),
     ("threads", 0, "threads=0: must be an integer >= 1"),
     ("timeout", -1, "timeout=-1: must be a number of seconds > 0"),
     ("seed", "x", "seed='x': must be an integer >= 0"),
@@ -181,6 +182,24 @@ def test_spec_errors_name_the_bad_value(field, value, message):
     with pytest.raises(ConfigError) as info:
         StudySpec(**{field: value})
     assert str(info.value) == message
+
+
+def test_batch_trials_is_an_option_of_study_worker_and_the_suite_config(tmp_path):
+    assert spec_from_args(command_parser("study").parse_args(["--batch-trials", "8"])).batch_trials == 8
+    worker = command_parser("worker").parse_args(["--study-name", "s", "--storage", "sqlite:///x.db",
+                                                  "--batch-trials", "4"])
+    assert worker_spec_from_args(worker, {"trials": 3}).batch_trials == 4
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps({"batch_trials": 8, "variants": ["cvae"]}))
+    assert [s.batch_trials for s in load_config(str(path)).study_specs()] == [8]
+
+
+def test_batched_trials_refuse_what_groups_cannot_do():
+    with pytest.raises(ConfigError, match="batch_trials=4.*train eager"):
+        StudySpec(batch_trials=4, compile=True)
+    with pytest.raises(ConfigError, match="batch_trials=4.*without CUDA graphs"):
+        StudySpec(batch_trials=4, cuda_graphs=True)
+    assert StudySpec(batch_trials=1, compile=True).compile  # one trial at a time: as before
 
 
 def test_stored_attrs_round_trip():

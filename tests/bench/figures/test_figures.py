@@ -95,6 +95,21 @@ def test_figures_show_what_they_say(fitted, digits):
     np.testing.assert_array_equal(points.get_offsets(), [[h["val_kl"], h["val_recon"]] for h in result.history])
 
 
+def test_figure_data_neither_draws_from_nor_restores_the_global_rng(fitted, monkeypatch):
+    """Computing figures beside a training thread (batched trials) must leave that thread's random
+    stream alone: no draw, and no save-and-restore that would rewind it."""
+    from bench.figures.compute import fit_figure_data
+
+    def restore(*args, **kwargs):
+        raise AssertionError("fit_figure_data set the global RNG state")
+
+    before = torch.get_rng_state()
+    monkeypatch.setattr(torch, "set_rng_state", restore)
+    again = fit_figure_data(fitted[0])
+    assert torch.equal(torch.get_rng_state(), before)
+    assert np.array_equal(again["class_samples"].pixels, fitted[1]["class_samples"].pixels)
+
+
 def test_image_grids_are_make_grid_of_the_decoded_images(fitted, digits):
     result, data = fitted
     model, val = result.model, digits.val
