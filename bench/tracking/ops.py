@@ -33,6 +33,8 @@ MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_TAGS_PER_BATCH = 1000, 100, 100
 #: Ops that hand the writer a file or folder it removes once written (or copies into the spool).
 FILE_OPS = ("log_artifact", "begin_model")
 DEAD_PROCESS_REASON = "the process that trained this run exited before ending it"
+#: How long a run that another process recorded by its local id is waited for before a new one is made (s).
+REUSE_WAIT_S = 120
 
 
 def new_id(kind: str = "") -> str:
@@ -50,13 +52,18 @@ class Unresolved(LookupError):
     up every later write."""
 
 
+class NotWrittenYet(Exception):
+    """A study's parent run that another worker has just made (by its local id) is not in the store yet:
+    transient, for :data:`REUSE_WAIT_S` after the record was made; then a run of its own is made."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures a later retry may cure: the server unreachable, overloaded or locked."""
     import requests
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
-                        TimeoutError)):
+                        TimeoutError, NotWrittenYet)):
         return True
     if isinstance(exc, MlflowException):
         text = str(exc).lower()
@@ -149,7 +156,11 @@ class Store:
             return
         try:
             run = self.client.get_run(self.real(r["reuse"]))
-        except (MlflowException, Unresolved) as exc:
+        except Unresolved:
+            if now_ms() - r["start_time"] < REUSE_WAIT_S * 1000:  # its creator's writer may not have written it yet
+                raise NotWrittenYet(f"run {r['reuse']} is not in the store yet") from None
+            run = None  # it never came: a new run
+        except MlflowException as exc:
             if is_transient(exc):
                 raise
             run = None

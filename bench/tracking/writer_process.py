@@ -76,6 +76,11 @@ class Writer:
         hello = self.next()
         if not hello or hello.get("op") != "hello":
             return 0
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 -- the slow imports, while the command sets up
+
+        first = self.next()  # the store is opened for the first record: a command that fails before touches none
+        if first is None or first == "timeout":
+            return 0
         uri = hello["tracking_uri"]
         try:
             self.store = Store(make_client(uri), uri)
@@ -91,8 +96,8 @@ class Writer:
                 pass
             finally:
                 self.waiting = False
+        record = first
         while not self.stopping:
-            record = self.next(None if not self.spool.pending else max(0.0, self.retry_at - time.monotonic()))
             if record == "timeout":
                 self.try_replay()
             elif record is None:
@@ -104,6 +109,7 @@ class Writer:
                 self.reply("reply", record["reply"], self.spool.pending, None)
             else:
                 self.take(record)
+            record = self.next(None if not self.spool.pending else max(0.0, self.retry_at - time.monotonic()))
         while self.stopping and (record := self.next(DRAIN_WAIT_S)) not in (None, "timeout"):
             if record["op"] not in ("flush", "close"):
                 self.take(record)  # SIGTERM: everything the command sent goes to the spool, to its end of input
