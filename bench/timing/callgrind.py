@@ -3,8 +3,8 @@
 The measured process runs under ``valgrind --tool=callgrind --instr-atstart=no --collect-atstart=no``
 (:func:`valgrind_command`). It starts -- imports torch, loads data, builds and warms up each model -- at
 valgrind's uninstrumented speed (importing torch: ~27 s on a 2-core VM, against ~200 s instrumented),
-and :func:`count` turns instrumentation and collection on around exactly the steps it measures, then
-dumps the instructions executed under a label. One valgrind process measures any number of benchmarks,
+and :func:`count` turns collection on around exactly the steps it measures, then dumps the
+instructions executed under a label. One valgrind process measures any number of benchmarks,
 so its start-up is paid once; :func:`read_counts` reads the dumps back (one file per label).
 
 The client requests are valgrind.h's "magic" instruction sequence (four rotations of ``rdi`` that
@@ -75,25 +75,23 @@ def running_on_valgrind() -> bool:
 def count(label: str, run: Callable[[int], object], steps: int) -> None:
     """Run ``run(steps)`` with callgrind collecting, and dump its instructions under ``label``.
 
-    Instrumentation is on only around the call (setting it up or tearing it down flushes valgrind's
-    code cache, a cost of time, not of counted instructions); what runs before and after, model
-    building included, runs at valgrind's uninstrumented speed and is not counted. ``label`` must not
-    contain a newline.
+    Only the call is counted. Everything before the first count (imports, data, the first model) runs
+    at valgrind's uninstrumented speed; the first count turns instrumentation on and leaves it on,
+    because turning it off again flushes valgrind's code cache and the next count would translate
+    every path of the step anew (measured: a second benchmark's count took twice as long). ``label``
+    must not contain a newline.
     """
     if "\n" in label:
         raise ValueError(f"label {label!r}: no newlines")
     name = ctypes.create_string_buffer(label.encode())
-    client_request(START_INSTRUMENTATION)
+    client_request(START_INSTRUMENTATION)  # a no-op once on
+    client_request(ZERO_STATS)
+    client_request(TOGGLE_COLLECT)
     try:
-        client_request(ZERO_STATS)
-        client_request(TOGGLE_COLLECT)
-        try:
-            run(steps)
-        finally:
-            client_request(TOGGLE_COLLECT)
-        client_request(DUMP_STATS_AT, ctypes.addressof(name))
+        run(steps)
     finally:
-        client_request(STOP_INSTRUMENTATION)
+        client_request(TOGGLE_COLLECT)
+    client_request(DUMP_STATS_AT, ctypes.addressof(name))
 
 
 def find_valgrind() -> str | None:
