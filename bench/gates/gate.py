@@ -71,6 +71,9 @@ class GateOptions:
             raise CLIError(f"--block-ms {self.block_ms}: must be a finite number of milliseconds > 0")
         if not self.instructions and self.wall_blocks == 0:
             raise CLIError("--wall-only with --wall-blocks 0 measures nothing")
+        if "cuda" in self.devices and self.wall_blocks == 0:
+            raise CLIError("CUDA benchmarks are measured by wall clock only: drop --instructions-only "
+                           "(or --wall-blocks 0) with --device cuda")
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,15 @@ def test_a_base_older_than_the_gate_is_refused_in_one_line(tiny_repo, capsys, mo
     assert err.startswith("cvae-bench gate: error: base (HEAD ") and "predates the gate" in err
 
 
+def test_the_runner_refuses_benchmarks_imported_from_outside_the_revision(tmp_path):
+    """A revision without ``bench`` would import an installed cvae-bench's: that is not the revision."""
+    from bench.gates.runner import Runner
+
+    runner = Runner((tmp_path / "revision").resolve())  # this test session's bench lies elsewhere
+    with pytest.raises(RuntimeError, match="predates the gate; bench.timing.benchmarks came from"):
+        runner.names(["cpu"])
+
+
 @needs_git
 def test_an_only_glob_that_matches_nothing_is_exit_2(tiny_repo, capsys, monkeypatch):
     monkeypatch.chdir(tiny_repo)
@@ -171,3 +180,10 @@ def test_every_command_of_the_example_workflow_is_tested_or_the_ci_scripts_own()
             assert [p for p in packages if not p.startswith("-")] == ["valgrind"] and "valgrind" in ci
         else:
             assert command == "python -m pip install -e ." and "pip install" in ci
+
+
+def test_the_readme_shows_the_example_workflow_as_it_is():
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    body = "".join(line for line in WORKFLOW.read_text().splitlines(keepends=True) if not line.startswith("#"))
+    assert shown == body

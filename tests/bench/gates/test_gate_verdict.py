@@ -146,11 +146,17 @@ def test_only_picks_benchmarks_by_glob_and_refuses_a_glob_that_matches_nothing()
     (["--threads", "0"], "--threads 0"),
     (["--instructions-only", "--wall-only"], "exclude each other"),
     (["--block-ms", "0"], "--block-ms"),
+    (["--device", "cuda", "--instructions-only"], "CUDA benchmarks are measured by wall clock only"),
+    (["--device", "tpu"], "give cpu, cuda or cpu,cuda"),
 ])
 def test_bad_options_are_one_line_exit_2(argv, message, capsys):
     from studies.cli import main
 
-    assert main(["gate", "--base", "HEAD", "--no-quality", *argv]) == 2
+    try:
+        code = main(["gate", "--base", "HEAD", "--no-quality", *argv])
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
