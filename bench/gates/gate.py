@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from bench.errors import CLIError
 from bench.gates.instructions import count_instructions, require_valgrind
-from bench.gates.paired import time_pairs
+from bench.gates.paired import time_pairs, timing_cpus
 from bench.gates.revisions import Revision, checkout, repo_root, working_tree
 from bench.gates.runner_process import RunnerProcess
 from bench.gates.verdict import BenchmarkComparison, Thresholds, exit_code
@@ -102,6 +102,7 @@ class GateReport:
     quality: QualityResult | None
     seconds: dict[str, float] = field(default_factory=dict)
     load_average: dict[str, list[float]] = field(default_factory=dict)
+    cpus: list[int] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -114,7 +115,7 @@ class GateReport:
             "benchmarks": [row.to_dict(t) for row in self.rows],
             "base": self.base.to_dict(), "head": self.head.to_dict(),
             "thresholds": {"instructions_pct": t.instructions_pct, "wall_pct": t.wall_pct},
-            "settings": {"threads": o.threads, "devices": list(o.devices), "only": list(o.patterns),
+            "settings": {"threads": o.threads, "cpus": self.cpus, "devices": list(o.devices), "only": list(o.patterns),
                          "instruction_steps": o.instruction_steps if o.instructions else None,
                          "wall_blocks": o.wall_blocks, "block_ms": o.block_ms},
             "quality": None if self.quality is None else {
@@ -161,9 +162,12 @@ def run_gate(options: GateOptions, say: Callable[[str], None] = print) -> GateRe
         base = stack.enter_context(checkout(repo, options.base, "base", "--base"))
         head = (working_tree(repo) if options.head is None
                 else stack.enter_context(checkout(repo, options.head, "head", "--head")))
-        say(f"gate: {base.describe()} against {head.describe()}, {options.threads} thread(s)")
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cvae-bench-gate-")))
-        runners = {rev.label: stack.enter_context(RunnerProcess(rev, options.threads, work / f"{rev.label}.log"))
+        cpus = timing_cpus(options.threads)
+        say(f"gate: {base.describe()} against {head.describe()}, {options.threads} thread(s)"
+            f"{f', timed on CPU(s) {cpus}' if cpus else ''}")
+        runners = {rev.label: stack.enter_context(RunnerProcess(rev, options.threads, work / f"{rev.label}.log",
+                                                                cpus=cpus))
                    for rev in (base, head)}
         declared = {label: runner.names(options.devices) for label, runner in runners.items()}
         names = select([*declared["base"], *(n for n in declared["head"] if n not in declared["base"])],
@@ -209,4 +213,4 @@ def run_gate(options: GateOptions, say: Callable[[str], None] = print) -> GateRe
         seconds["total"] = time.perf_counter() - started
         load["end"] = list(os.getloadavg())
         comparisons = [BenchmarkComparison(name, **fields) for name, fields in rows.items()]
-        return GateReport(options, base, head, comparisons, quality, seconds, load)
+        return GateReport(options, base, head, comparisons, quality, seconds, load, cpus)

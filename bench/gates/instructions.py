@@ -44,8 +44,9 @@ def count_instructions(revision: Revision, names: Sequence[str], steps: int, thr
                 if progress:
                     progress(revision, name)
         except CLIError as err:
-            tail = log_tail(out)
-            raise CLIError(f"{err}{f' (valgrind: {tail})' if tail and 'exited' in str(err) else ''}") from None
+            if "exited" not in str(err):
+                raise
+            raise CLIError(f"{err} (valgrind: {log_tail(out) or 'no message'})") from None  # the child died
     counts = read_counts(out)
     missing = [name for name in names if name not in counts]
     if missing:

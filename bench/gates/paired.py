@@ -2,7 +2,9 @@
 
 Both revisions' runners hold the same benchmark, built and warmed up. Block i of base and block i of
 head run back to back (ABBAAB...: the order flips every pair, so neither side always runs second), with
-the same number of steps, each in its own process pinned to the same thread count. A burst of load
+the same number of steps, each in its own process with the same thread count, both pinned to the same
+CPUs (:func:`timing_cpus`): the scheduler cannot leave one side on a core that a neighbour keeps busy
+and the other on a free one. A burst of load
 lands on one pair, not on one side; the per-pair ratio head/base cancels whatever the two blocks
 shared. The figure is the median of the per-pair ratios, with a 90 % bootstrap interval (pairs
 resampled with replacement, a fixed seed so that a report is reproducible).
@@ -11,9 +13,11 @@ resampled with replacement, a fixed seed so that a report is reproducible).
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from dataclasses import dataclass
 
+from bench.errors import CLIError
 from bench.gates.runner_process import RunnerProcess
 from bench.timing.tracking_overhead import paired_interval
 
@@ -51,6 +55,17 @@ class PairedTimes:
 
     def to_dict(self) -> dict[str, object]:
         return {"base_ms": list(self.base_ms), "head_ms": list(self.head_ms), "steps_per_block": self.steps_per_block}
+
+
+def timing_cpus(threads: int) -> list[int] | None:
+    """The CPUs both runners are pinned to: the last ``threads`` this process may use (the first often
+    takes the interrupts). None where pinning is not available (not Linux)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads > len(allowed):
+        raise CLIError(f"--threads {threads}: this process may use {len(allowed)} CPU(s)")
+    return allowed[-threads:]
 
 
 def steps_for(block_ms: float, probe_ms: float, probe_steps: int = PROBE_STEPS, max_steps: int = 100_000) -> int:

@@ -1,13 +1,14 @@
 """The gate's side of a runner (:mod:`bench.gates.runner`): one child process per revision, asked in turn.
 
 The child runs with ``sys.executable`` (the current environment), the revision's tree as its working
-folder and ``PYTHONPATH``, and OpenMP/MKL held to the gate's thread count. Its stderr goes to a file
+folder and ``PYTHONPATH``, OpenMP/MKL held to the gate's thread count and, for timing, pinned to CPUs. Its stderr goes to a file
 (the last line of it names the cause when the child dies).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,11 @@ RUNNER = Path(__file__).resolve().with_name("runner.py")
 
 
 class RunnerProcess:
-    """A runner child for ``revision``; ``prefix`` runs it under another program (valgrind)."""
+    """A runner child for ``revision``; ``prefix`` runs it under another program (valgrind); ``cpus``, when
+    given, pins it to those CPUs (before it starts any thread: its threads inherit the pinning)."""
 
-    def __init__(self, revision: Revision, threads: int, log: Path, prefix: Sequence[str] = ()) -> None:
+    def __init__(self, revision: Revision, threads: int, log: Path, prefix: Sequence[str] = (),
+                 cpus: Sequence[int] | None = None) -> None:
         self.revision, self.log = revision, log
         env = env_for_threads(threads)
         env["PYTHONPATH"] = str(revision.root)
@@ -36,6 +39,8 @@ class RunnerProcess:
             self._log_file.close()
             raise CLIError(f"{revision.describe()}: cannot start {prefix[0] if prefix else sys.executable}: "
                            f"{err.strerror or err}") from None
+        if cpus is not None:
+            os.sched_setaffinity(self.proc.pid, cpus)
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send one request, wait for its answer; an error answer or a dead child is a :class:`CLIError`."""
