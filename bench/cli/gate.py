@@ -92,7 +92,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="allowed rise of instructions per step (default 1%%)")
     p.add_argument("--wall-threshold", default="10%", metavar="PCT",
                    help="a regression when the whole 90%% interval of wall head/base lies above 1 + PCT (default 10%%)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads of every run (default 1)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch CPU threads of the timed runs, pinned to N CPUs (default 1; instructions are always "
+                        "counted on one thread)")
     m = p.add_argument_group("how long to measure")
     m.add_argument("--instruction-steps", type=int, default=10, metavar="N",
                    help="steps counted per benchmark under callgrind (default 10)")

@@ -176,17 +176,18 @@ def run_gate(options: GateOptions, say: Callable[[str], None] = print) -> GateRe
 
         if valgrind:
             t0 = time.perf_counter()
-            cpu = {rev.label: [n for n in names if _device(n) == "cpu" and n in declared[rev.label]]
-                   for rev in (base, head)}
-            say(f"counting instructions per step (callgrind, {options.instruction_steps} steps each): "
-                f"{len(cpu['base'])} base and {len(cpu['head'])} head benchmark(s), side by side")
+            to_count = {rev.label: [n for n in names if _device(n) == "cpu" and n in declared[rev.label]]
+                        for rev in (base, head)}
+            say(f"counting instructions per step (callgrind, one thread, {options.instruction_steps} steps each): "
+                f"{len(to_count['base'])} base and {len(to_count['head'])} head benchmark(s), side by side")
 
             def counted(rev: Revision, name: str) -> None:
                 say(f"  counted {rev.label} {name}")
 
             with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-                futures = {rev.label: pool.submit(count_instructions, rev, cpu[rev.label], options.instruction_steps,
-                                                  options.threads, work, valgrind, counted) for rev in (base, head)}
+                futures = {rev.label: pool.submit(count_instructions, rev, to_count[rev.label],
+                                                  options.instruction_steps, work, valgrind, counted)
+                           for rev in (base, head)}
                 for label, future in futures.items():
                     for name, value in future.result().items():
                         rows[name][f"{label}_instructions"] = value

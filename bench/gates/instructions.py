@@ -31,12 +31,13 @@ def require_valgrind() -> str:
     return valgrind
 
 
-def count_instructions(revision: Revision, names: Sequence[str], steps: int, threads: int, workdir: Path,
-                       valgrind: str, progress=None) -> dict[str, float]:
-    """``{name: instructions per step}`` of ``revision``'s benchmarks ``names``, in one valgrind process."""
+def count_instructions(revision: Revision, names: Sequence[str], steps: int, workdir: Path, valgrind: str,
+                       progress=None) -> dict[str, float]:
+    """``{name: instructions per step}`` of ``revision``'s benchmarks ``names``, in one valgrind process, one
+    thread (with more, OpenMP's spin-waits would enter the count)."""
     out = workdir / f"callgrind-{revision.label}"
     out.mkdir(parents=True, exist_ok=True)
-    with RunnerProcess(revision, threads, out / "runner.log", prefix=valgrind_command(out, valgrind)) as runner:
+    with RunnerProcess(revision, 1, out / "runner.log", prefix=valgrind_command(out, valgrind)) as runner:
         try:
             for name in names:
                 runner.prepare(name)
