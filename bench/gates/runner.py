@@ -44,6 +44,8 @@ def _load_callgrind():
 
 
 class Runner:
+    """Answers the requests for the revision whose tree is ``root`` (first on ``sys.path``)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self._contract = None
@@ -52,24 +54,25 @@ class Runner:
         self.run: Callable[[int], Any] | None = None
 
     def contract(self):
-        if self._contract is None:
-            try:
-                self._contract = importlib.import_module(CONTRACT)
-            except ModuleNotFoundError as err:
-                if err.name not in _CONTRACT_MODULES:
-                    raise
-                raise RuntimeError("this revision has no bench/timing/benchmarks.py, the step benchmarks the "
-                                   "gate measures (it predates the gate)") from None
-            where = Path(getattr(self._contract, "__file__", None) or "").resolve()
-            if self.root not in where.parents:  # the environment's copy (an installed cvae-bench), not ours
-                self._contract = None
-                raise RuntimeError(f"this revision has no bench/timing/benchmarks.py, the step benchmarks the "
-                                   f"gate measures (it predates the gate; {CONTRACT} came from {where})")
-            missing = [f for f in ("benchmark_names", "prepare") if not callable(getattr(self._contract, f, None))]
-            if missing:
-                raise RuntimeError(f"this revision's {CONTRACT} lacks {' and '.join(missing)}(), which the gate "
-                                   f"needs")
-        return self._contract
+        """The revision's ``bench.timing.benchmarks``, checked: from its tree, with both functions."""
+        if self._contract is not None:
+            return self._contract
+        try:
+            module = importlib.import_module(CONTRACT)
+        except ModuleNotFoundError as err:
+            if err.name not in _CONTRACT_MODULES:
+                raise
+            raise RuntimeError("this revision has no bench/timing/benchmarks.py, the step benchmarks the gate "
+                               "measures (it predates the gate)") from None
+        where = Path(getattr(module, "__file__", None) or "").resolve()
+        if self.root not in where.parents:  # the environment's copy (an installed cvae-bench), not the revision's
+            raise RuntimeError(f"this revision has no bench/timing/benchmarks.py, the step benchmarks the gate "
+                               f"measures (it predates the gate; {CONTRACT} came from {where})")
+        missing = [f for f in ("benchmark_names", "prepare") if not callable(getattr(module, f, None))]
+        if missing:
+            raise RuntimeError(f"this revision's {CONTRACT} lacks {' and '.join(missing)}(), which the gate needs")
+        self._contract = module
+        return module
 
     def names(self, devices: list[str]) -> dict[str, Any]:
         return {"names": [n for device in devices for n in self.contract().benchmark_names(device)]}
