@@ -75,7 +75,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Check BASE (and HEAD, default the working tree) out into temporary git worktrees and measure "
                     "both in this environment, each with its own source: instructions per train step under "
                     "callgrind (CPU, one valgrind process per revision), wall clock in interleaved base/head "
-                    "blocks (a paired ratio head/base with a 90%% bootstrap interval; CUDA events on CUDA, where "
+                    "blocks (a paired ratio head/base with a 90 percent bootstrap interval; CUDA events on CUDA, where "
                     "it alone decides), and head's quality gate (regress). A regression: instructions up by more "
                     "than --threshold, or the whole wall interval above --wall-threshold. Exits 1 on a regression "
                     "or a moved quality metric, 0 otherwise, 2 on an error. Benchmarks: "
