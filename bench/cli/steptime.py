@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Adam of the harness and floor rows: fused (default, one kernel for all parameters) or "
                         "default (torch.optim.Adam's own choice, as the seed loop uses)")
     g.add_argument("--baseline", default=None, choices=("seed-loop",),
-                   help="also time the seed article's DataLoader loop; adds the speedup column")
+                   help="also time the seed article's DataLoader loop, its blocks interleaved with the harness's; "
+                        "adds the speedup column")
     g.add_argument("--floor", action="store_true",
                    help="also time the bare step on fixed buffers (a CUDA-graph replay on CUDA): the floor")
     t = p.add_argument_group("measurement")
@@ -59,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed warm-up steps (default 5)")
     t.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
     t.add_argument("--seed", type=parse_seed, default=0, help="seed of the model init and batch order (default 0)")
+    t.add_argument("--instructions", action="store_true",
+                   help="also count instructions per step under callgrind, one thread, every row in one valgrind "
+                        "process (CPU only; needs valgrind; adds minutes: valgrind imports torch)")
     o = p.add_argument_group("output")
     o.add_argument("--json", default=None, metavar="PATH",
                    help="also write {machine, calibration, results} as JSON (default: none written)")
@@ -86,6 +90,17 @@ def configs_from_args(args: argparse.Namespace, device: str) -> list[StepTimeCon
             configs.append(StepTimeConfig(variant, batch, device, compile=args.compile, amp=args.amp,
                                           cuda_graphs=args.cuda_graphs, adam=args.adam))
     return configs
+
+
+def interleaved_groups(configs: list[StepTimeConfig]) -> list[list[StepTimeConfig]]:
+    """Consecutive configurations of the same variant and batch size (seed loop, floor, harness): one group each."""
+    groups: list[list[StepTimeConfig]] = []
+    for cfg in configs:
+        if groups and (groups[-1][0].variant, groups[-1][0].batch_size) == (cfg.variant, cfg.batch_size):
+            groups[-1].append(cfg)
+        else:
+            groups.append([cfg])
+    return groups
 
 
 def timing_options(args: argparse.Namespace) -> TimingOptions:
@@ -139,6 +154,8 @@ def log_to_mlflow(results: list[StepTimeResult], calibration: dict[str, Any], ur
             if r.normalised is not None:
                 metrics["normalised"] = r.normalised
                 metrics["calibration_ms"] = cal["median_ms"]
+            if r.instructions_per_step is not None:
+                metrics["instructions_per_step"] = r.instructions_per_step
             tracker.log_metrics(metrics)
     note = writer.close()
     if writer.errors:  # the JSON is written already
@@ -155,7 +172,8 @@ def run_steptime(args: argparse.Namespace) -> int:
     from bench.data.memory import check_fits
     from bench.timing.calibration import measure_calibration
     from bench.timing.report import add_normalised, add_speedups, format_table, machine_info, report
-    from bench.timing.steptime import measure
+    from bench.timing.instructions import count_step_instructions, require_counting
+    from bench.timing.steptime import measure_group
     from bench.training.config import resolve_device
 
     if args.threads is not None:
@@ -170,6 +188,8 @@ def run_steptime(args: argparse.Namespace) -> int:
     if chosen.type == "cuda" and chosen.index is not None:
         torch.cuda.set_device(chosen)  # configs and results name the type: "cuda" is now the chosen GPU
     device = chosen.type
+    if args.instructions:
+        require_counting(device)  # before the timing, not after it
     configs = configs_from_args(args, device)
     options = timing_options(args)
     data = load_benchmark_data(args.dataset, args.data_root, seed=args.seed)
@@ -181,10 +201,19 @@ def run_steptime(args: argparse.Namespace) -> int:
 
     calibration = {device: measure_calibration(chosen)}
     results = []
-    for i, cfg in enumerate(configs, 1):
-        print(f"  [{i}/{len(configs)}] {cfg.loop} {cfg.variant} batch {cfg.batch_size} {cfg.mode} {cfg.precision}",
+    groups = interleaved_groups(configs)
+    for i, group in enumerate(groups, 1):
+        first = group[0]
+        print(f"  [{i}/{len(groups)}] {first.variant} batch {first.batch_size}: "
+              f"{', '.join(f'{c.loop} {c.mode} {c.precision}' for c in group)}"
+              f"{' (blocks interleaved)' if len(group) > 1 else ''}", flush=True)
+        results.extend(measure_group(group, data, options))
+    if args.instructions:
+        print(f"  counting instructions per step of {len(configs)} configuration(s) under callgrind (one thread)",
               flush=True)
-        results.append(measure(cfg, data, options))
+        counts = count_step_instructions(configs, args.dataset, args.data_root, args.seed, args.warmup)
+        for r in results:
+            r.instructions_per_step = counts[r.name]
     add_speedups(results)
     add_normalised(results, calibration)
     print(format_table(results))

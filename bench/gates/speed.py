@@ -57,15 +57,15 @@ class ComparisonRow:
         return (self.head - self.base) / self.base * 100.0
 
 
-def parse_threshold(text: str) -> float:
-    """``"10%"`` or ``"10"`` -> 10.0 (percent); must be >= 0."""
+def parse_threshold(text: str, option: str = "--threshold") -> float:
+    """``"10%"`` or ``"10"`` -> 10.0 (percent); must be >= 0. Errors name ``option``."""
     value = str(text).strip().removesuffix("%").strip()
     try:
         pct = float(value)
     except ValueError:
-        raise CLIError(f"--threshold {text!r}: give a percentage such as 10%") from None
+        raise CLIError(f"{option} {text!r}: give a percentage such as 10%") from None
     if not (pct >= 0 and math.isfinite(pct)):
-        raise CLIError(f"--threshold {text!r}: must be a finite percentage >= 0")
+        raise CLIError(f"{option} {text!r}: must be a finite percentage >= 0")
     return pct
 
 

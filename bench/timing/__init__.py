@@ -1,7 +1,10 @@
 """Timing: step-time loops, calibration, reports, the GPU sweep, tracking overhead.
 
 ``measure(StepTimeConfig(...), data, TimingOptions(...))`` times one configuration (ms per step over
-timed blocks); :mod:`~bench.timing.report` turns results into the table and JSON. Scripts:
+timed blocks), ``measure_group`` several with their blocks interleaved; :mod:`~bench.timing.report` turns
+results into the table and JSON. :mod:`~bench.timing.benchmarks` declares the step benchmarks (pytest-benchmark
+targets, ``cvae-bench gate``); :mod:`~bench.timing.callgrind` and :mod:`~bench.timing.instructions` count
+instructions per step under valgrind. Scripts:
 ``python -m bench.timing.gpu_sweep`` and ``python -m bench.timing.tracking_overhead`` (stdlib only).
 Names load on first use, so that the stdlib-only script does not import torch.
 """
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
         TimingOptions,
         count_step_flops,
         measure,
+        measure_group,
         release_memory,
         result_name,
     )
@@ -32,7 +36,7 @@ _FACE = {
     "bench.timing.loops": ("LOOPS", "FloorLoop", "HarnessLoop", "SeedLoop", "TimedLoop"),
     "bench.timing.report": ("add_normalised", "add_speedups", "format_table", "machine_info", "report"),
     "bench.timing.steptime": ("StepTimeConfig", "StepTimeResult", "TimingOptions", "count_step_flops", "measure",
-                              "release_memory", "result_name"),
+                              "measure_group", "release_memory", "result_name"),
 }
 _WHERE = {name: module for module, names in _FACE.items() for name in names}
 

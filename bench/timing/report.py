@@ -19,7 +19,11 @@ TABLE_COLUMNS = ("loop", "variant", "dataset", "batch", "device", "mode", "amp",
 
 
 def add_speedups(results: list[StepTimeResult]) -> None:
-    """Set ``speedup`` = samples/s over the seed loop's at the same variant, data, batch and device."""
+    """Set ``speedup`` = samples/s over the seed loop's at the same variant, data, batch and device.
+
+    ``steptime`` times the seed loop's blocks interleaved with the harness's (:func:`measure_group`),
+    so both medians come from the same stretch of time and a burst of load moves both.
+    """
     seed = {(r.variant, r.dataset, r.batch_size, r.device): r.samples_per_s for r in results if r.loop == "seed-loop"}
     for r in results:
         base = seed.get((r.variant, r.dataset, r.batch_size, r.device))
@@ -53,21 +57,32 @@ def report(results: list[StepTimeResult], calibration: dict[str, dict[str, Any]]
             "results": [r.to_dict() for r in results]}
 
 
+#: Added after :data:`TABLE_COLUMNS` when any row was counted (``steptime --instructions``).
+INSTRUCTIONS_COLUMN = "instr_per_step"
+
+
+def _counted(results: list[StepTimeResult]) -> bool:
+    return any(r.instructions_per_step is not None for r in results)
+
+
 def table_rows(results: list[StepTimeResult]) -> list[list[str]]:
-    """One row of formatted cells per result, in :data:`TABLE_COLUMNS` order ("-" where unknown)."""
+    """One row of formatted cells per result, in :data:`TABLE_COLUMNS` order ("-" where unknown), plus
+    :data:`INSTRUCTIONS_COLUMN` when any row was counted."""
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
+    counted = _counted(results)
     return [[r.loop, r.variant, r.dataset, str(r.batch_size), r.device, r.mode, "bf16" if r.amp == "bf16" else "fp32",
              r.adam,
              fmt(r.median_ms, ".3f"), fmt(r.iqr_ms, ".3f"), fmt(r.samples_per_s, ",.0f"), fmt(r.peak_mem_mb, ".1f"),
-             fmt(r.tflops, ".4f"), fmt(r.speedup, ".2f") + ("x" if r.speedup is not None else "")]
+             fmt(r.tflops, ".4f"), fmt(r.speedup, ".2f") + ("x" if r.speedup is not None else ""),
+             *([fmt(r.instructions_per_step, ",.0f")] if counted else [])]
             for r in results]
 
 
 def format_table(results: list[StepTimeResult], markdown: bool = False) -> str:
     """A plain-text (or markdown) table of the results, one row per configuration."""
-    header = list(TABLE_COLUMNS)
+    header = [*TABLE_COLUMNS, *([INSTRUCTIONS_COLUMN] if _counted(results) else [])]
     rows = table_rows(results)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -8,7 +8,10 @@ How a configuration is measured
 3. Pick the steps per block so that one block lasts about ``block_ms``, then time ``repeats`` blocks
    (:mod:`bench.timing.block_timer`). On CUDA a block is bracketed by two CUDA events and synchronised
    once, after its end event; the loop itself never synchronises. On CPU a block is bracketed by
-   ``time.perf_counter`` (monotonic).
+   ``time.perf_counter`` (monotonic). Configurations measured together (:func:`measure_group`: the
+   seed loop, the floor and the harness of one variant and batch size) are built first, then their
+   blocks are interleaved -- one block of each in turn, the order reversed every round -- so that a
+   burst of load on the machine lands on all of them, and their ratio (``speedup``) holds.
 4. Report, over blocks, the median and interquartile range of the per-step time (ms), samples/s at
    the median, peak memory, and the achieved TFLOP/s (matmul/conv FLOPs of one step counted with
    ``torch.utils.flop_counter.FlopCounterMode``, divided by the median step time).
@@ -16,7 +19,8 @@ How a configuration is measured
 Peak memory
 -----------
 CUDA: ``torch.cuda.max_memory_allocated`` over the timed blocks (reset after the warm-up): everything
-resident on the device -- data set, parameters, Adam state, CUDA-graph pools -- plus activations.
+resident on the device -- data set, parameters, Adam state, CUDA-graph pools -- plus activations. In an
+interleaved group every loop is resident at once: the figure is the group's (``peak_mem_source`` says so).
 CPU: the process's peak resident set size (``ru_maxrss``) when the configuration ends: a
 high-water mark since the process started, not a per-configuration figure.
 """
@@ -33,7 +37,7 @@ from typing import Any
 import torch
 
 from bench.data.splits import DataSplits
-from bench.timing.block_timer import steps_for_block, time_blocks
+from bench.timing.block_timer import BlockTimes, steps_for_block, time_blocks
 from bench.timing.loops import LOOPS, FloorLoop, HarnessLoop, SeedLoop, TimedLoop, kl_weights
 from bench.training.config import resolve_device
 from bench.training.presets import model_config
@@ -130,6 +134,7 @@ class StepTimeResult:
     each block's total. ``tflops`` = ``flops_per_step`` (matmul/conv, forward + backward) / median step
     time. ``speedup`` = samples/s over the seed loop's (same variant, data, batch, device), ``normalised``
     = median / the calibration workload's median on the same device (None when not measured).
+    ``instructions_per_step``: instructions of one step under callgrind, one thread (CPU, ``--instructions``).
     """
 
     variant: str
@@ -158,6 +163,7 @@ class StepTimeResult:
     final_loss: float = float("nan")
     speedup: float | None = None
     normalised: float | None = None
+    instructions_per_step: float | None = None
 
     @property
     def name(self) -> str:
@@ -231,29 +237,52 @@ def _peak_rss_mb() -> float:
 def measure(cfg: StepTimeConfig, data: DataSplits, options: TimingOptions = TimingOptions(),
             model_cfg: CVAEConfig | None = None) -> StepTimeResult:
     """Time one configuration on ``data`` (the seed preset of ``cfg.variant`` unless ``model_cfg``)."""
-    model_cfg = model_cfg or model_config(cfg.variant, data)
-    device = resolve_device(cfg.device)
-    flops = count_step_flops(model_cfg, cfg.batch_size, cfg.device)
-    loop = build_loop(cfg, model_cfg, data, options)
-    steps = options.steps_per_block or steps_for_block(loop.run, device, options.block_ms)
+    return measure_group([cfg], data, options, model_cfg)[0]
+
+
+def measure_group(cfgs: list[StepTimeConfig], data: DataSplits, options: TimingOptions = TimingOptions(),
+                  model_cfg: CVAEConfig | None = None) -> list[StepTimeResult]:
+    """Time configurations of one device together: all built and warmed up, then their blocks interleaved.
+
+    Round r times one block of each configuration, in the given order when r is even and reversed when
+    it is odd; each configuration keeps its own steps per block. One result per configuration, in order.
+    """
+    if len({cfg.device for cfg in cfgs}) != 1:
+        raise ConfigError(f"an interleaved group runs on one device, not {sorted({c.device for c in cfgs})}")
+    device = resolve_device(cfgs[0].device)
+    built = []
+    for cfg in cfgs:
+        config = model_cfg or model_config(cfg.variant, data)
+        flops = count_step_flops(config, cfg.batch_size, cfg.device)
+        loop = build_loop(cfg, config, data, options)
+        steps = options.steps_per_block or steps_for_block(loop.run, device, options.block_ms)
+        built.append((cfg, loop, steps, flops))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_blocks(loop.run, steps, options.repeats, device, prepare=loop.prepare)
+    per_step: list[list[float]] = [[] for _ in built]
+    for r in range(options.repeats):
+        for i in (range(len(built)) if r % 2 == 0 else reversed(range(len(built)))):
+            _, loop, steps, _ = built[i]
+            per_step[i].extend(time_blocks(loop.run, steps, 1, device, prepare=loop.prepare).per_step_ms)
     if device.type == "cuda":
         peak_mb, peak_source = torch.cuda.max_memory_allocated(device) / MIB, "cuda_max_memory_allocated"
+        if len(built) > 1:
+            peak_source += f" (group of {len(built)} interleaved loops)"
     else:
         peak_mb, peak_source = _peak_rss_mb(), "process_peak_rss"
-    q25, median, q75 = times.quartiles()
-    result = StepTimeResult(
-        variant=cfg.variant, dataset=data.name, batch_size=cfg.batch_size, device=cfg.device,
-        device_name=device_name(device), loop=cfg.loop, mode=cfg.mode, compile=cfg.compile, amp=cfg.amp,
-        cuda_graphs=cfg.cuda_graphs, adam=cfg.adam, median_ms=median, iqr_ms=q75 - q25, q25_ms=q25, q75_ms=q75,
-        samples_per_s=cfg.batch_size / (median / 1e3), peak_mem_mb=peak_mb, peak_mem_source=peak_source,
-        flops_per_step=flops, tflops=flops / (median / 1e3) / 1e12, steps_per_block=steps,
-        repeats=options.repeats, block_times_ms=[t * steps for t in times.per_step_ms], final_loss=loop.last_loss())
-    del loop
+    results = []
+    for (cfg, loop, steps, flops), times_ms in zip(built, per_step):
+        q25, median, q75 = BlockTimes(tuple(times_ms), steps).quartiles()
+        results.append(StepTimeResult(
+            variant=cfg.variant, dataset=data.name, batch_size=cfg.batch_size, device=cfg.device,
+            device_name=device_name(device), loop=cfg.loop, mode=cfg.mode, compile=cfg.compile, amp=cfg.amp,
+            cuda_graphs=cfg.cuda_graphs, adam=cfg.adam, median_ms=median, iqr_ms=q75 - q25, q25_ms=q25, q75_ms=q75,
+            samples_per_s=cfg.batch_size / (median / 1e3), peak_mem_mb=peak_mb, peak_mem_source=peak_source,
+            flops_per_step=flops, tflops=flops / (median / 1e3) / 1e12, steps_per_block=steps,
+            repeats=options.repeats, block_times_ms=[t * steps for t in times_ms], final_loss=loop.last_loss()))
+    del built, loop
     release_memory(device)
-    return result
+    return results
 
 
 def release_memory(device: torch.device) -> None:

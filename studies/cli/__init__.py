@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "bench.cli.steptime",    # steptime
     "bench.cli.compare",     # compare
     "bench.cli.regress",     # regress
+    "bench.cli.gate",        # gate
     "bench.cli.server",      # server
     "bench.cli.sync",        # sync
 )

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +146,29 @@ def test_mlflow_run_ids(tmp_path, capsys):
     assert run([base, json_head, "--tracking-uri", uri], capsys)[0] == 0
     code, out = run(["0" * 32, head, "--tracking-uri", uri], capsys)
     assert code == 2 and "cannot read MLflow run" in out.err and out.err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_the_pytest_benchmark_recipe_still_works(tmp_path, capsys):
+    """The README's pytest-benchmark recipe on one CPU target: autosave, compare, --benchmark-json + compare.
+
+    Thresholds are wide: this checks that the commands and files fit together, not the machine's noise.
+    """
+    root = Path(__file__).resolve().parents[3]
+    recipe = [sys.executable, "-m", "pytest", "tests/bench/timing/test_benchmarks.py", "-q", "-p", "no:cacheprovider",
+              "-k", "test_train_step[cvae-64-cpu] or test_calibration[cpu]", "--benchmark-enable",
+              f"--benchmark-storage=file://{tmp_path / 'storage'}"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def pytest_run(*extra: str) -> None:
+        proc = subprocess.run([*recipe, *extra], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    pytest_run("--benchmark-autosave")  # the base commit
+    saved = list((tmp_path / "storage").rglob("0001_*.json"))
+    assert len(saved) == 1
+    pytest_run("--benchmark-compare", "--benchmark-compare-fail=median:1000%",
+               f"--benchmark-json={tmp_path / 'head.json'}")  # the candidate
+    code, out = run([str(saved[0]), str(tmp_path / "head.json"), "--normalised", "--threshold", "1000%"], capsys)
+    assert code == 0
+    assert "test_train_step[cvae-64-cpu]" in out.out and "x calib" in out.out

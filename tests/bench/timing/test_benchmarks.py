@@ -1,11 +1,12 @@
 """Step-time regression benchmarks (pytest-benchmark): each variant's train step at two batch sizes.
 
-The normal test run passes ``--benchmark-disable`` (pyproject), so each target runs once as a smoke
-test. The CI recipe enables them::
+The targets are the step benchmarks declared in :mod:`bench.timing.benchmarks` (the ones
+``cvae-bench gate`` counts and times). The normal test run passes ``--benchmark-disable`` (pyproject),
+so each target runs once as a smoke test. The pytest-benchmark recipe enables them::
 
-    pytest tests/test_benchmarks.py --benchmark-enable --benchmark-autosave          # on the base commit
-    pytest tests/test_benchmarks.py --benchmark-enable --benchmark-compare \\
-        --benchmark-compare-fail=median:15%                                         # on the candidate
+    pytest tests/bench/timing/test_benchmarks.py --benchmark-enable --benchmark-autosave   # on the base commit
+    pytest tests/bench/timing/test_benchmarks.py --benchmark-enable --benchmark-compare \\
+        --benchmark-compare-fail=median:15%                                              # on the candidate
 
 Shared CI machines drift, so a calibration workload (a fixed fp32 matrix product) is measured in the
 same session and every benchmark stores ``extra_info["normalised"]`` = its median / the calibration
@@ -21,17 +22,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.timing.benchmarks import BATCH_SIZES, VARIANTS, benchmark_name, harness_loop
 from bench.timing.block_timer import synchronize
 from bench.timing.calibration import calibration_workload, measure_calibration
-from bench.timing.loops import HarnessLoop
-from bench.training.presets import model_config
-from bench.training.step import make_optimizer, make_train_step
-from models import CVAE
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device")])]
-VARIANTS = ("cvae", "beta-cvae", "flow-cvae")
-BATCH_SIZES = (64, 256)
 ROUNDS = {"cpu": 30, "cuda": 100}
 WARMUP_ROUNDS = 5
 
@@ -79,11 +75,7 @@ def test_calibration(benchmark, device, calibration_ms):
 def test_train_step(benchmark, digits, variant, batch_size, device, calibration_ms):
     dev = torch.device(device)
     benchmark.group = f"train-step-{device}-b{batch_size}"
-    torch.manual_seed(0)
-    model = CVAE(model_config(variant, digits)).to(dev)
-    step = make_train_step(model, make_optimizer(model, 1e-3))
-    loop = HarnessLoop(model, step, digits.train.to(dev), batch_size, dev, cuda_graphs=False, seed=0,
-                       warmup_steps=1)
+    loop = harness_loop(variant, batch_size, dev, digits, warmup_steps=1)
 
     def target() -> None:
         loop.run(1)
@@ -93,4 +85,4 @@ def test_train_step(benchmark, digits, variant, batch_size, device, calibration_
     loss = loop.last_loss()
     assert torch.isfinite(torch.tensor(loss)), f"{variant} step produced loss {loss}"
     record(benchmark, calibration_ms(device), variant=variant, batch_size=batch_size, device=device,
-           dataset="digits")
+           dataset="digits", gate_name=benchmark_name(variant, batch_size, device))

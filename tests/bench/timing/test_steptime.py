@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from bench.timing.steptime import (
     TimingOptions,
     count_step_flops,
     measure,
+    measure_group,
     result_name,
 )
 from models.config import ConfigError
@@ -153,6 +155,76 @@ def test_steptime_command_writes_json_with_the_seed_loop_column(tmp_path, capsys
     harness = [r for r in doc["results"] if r["loop"] == "harness"]
     assert {r["variant"] for r in harness} == {"cvae", "flow-cvae"}
     assert all(r["speedup"] > 0 for r in harness)
+
+
+def test_seed_loop_blocks_interleave_with_the_harness_so_a_load_burst_moves_both(tmp_path, capsys, monkeypatch):
+    """A burst of load over the first half of the session: interleaved, the speedup still holds (2x)."""
+    import bench.timing.steptime as steptime
+    from bench.timing.block_timer import BlockTimes
+    from bench.timing.loops import SeedLoop
+
+    repeats, blocks = 10, []
+
+    def loaded_clock(run_block, steps, repeats_here, device, prepare=None):
+        """Each block: the seed loop 2 ms/step, the harness 1 ms/step, x5 during the first half."""
+        per_step = []
+        for _ in range(repeats_here):
+            seed = isinstance(run_block.__self__, SeedLoop)
+            blocks.append("seed" if seed else "harness")
+            burst = 5.0 if len(blocks) <= repeats else 1.0
+            per_step.append((2.0 if seed else 1.0) * burst)
+        return BlockTimes(tuple(per_step), steps)
+
+    monkeypatch.setattr(steptime, "time_blocks", loaded_clock)
+    out = tmp_path / "steptime.json"
+    code = main(["steptime", "--variant", "cvae", "--batch-size", "32", "--device", "cpu", "--baseline", "seed-loop",
+                 "--repeats", str(repeats), "--steps-per-block", "2", "--warmup", "1", "--json", str(out),
+                 "--no-track"])
+    assert code == 0
+    assert "(blocks interleaved)" in capsys.readouterr().out
+    assert blocks[:4] == ["seed", "harness", "harness", "seed"]  # one block each in turn, the order flipped
+    rows = {r["loop"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["harness"]["speedup"] == pytest.approx(2.0)  # one after the other it would read 10x
+    assert rows["seed-loop"]["median_ms"] == pytest.approx(6.0) and rows["harness"]["median_ms"] == pytest.approx(3.0)
+
+
+def test_measure_group_keeps_each_configurations_own_blocks(digits):
+    seed, harness = measure_group([StepTimeConfig("cvae", 32, "cpu", loop="seed-loop"),
+                                   StepTimeConfig("cvae", 32, "cpu")], digits,
+                                  TimingOptions(repeats=3, steps_per_block=2, warmup_steps=1))
+    assert (seed.loop, harness.loop) == ("seed-loop", "harness")
+    for r in (seed, harness):
+        assert len(r.block_times_ms) == 3 and r.steps_per_block == 2 and r.median_ms > 0
+    with pytest.raises(ConfigError, match="one device"):
+        measure_group([StepTimeConfig("cvae", 32, "cpu"), StepTimeConfig("cvae", 32, "cuda")], digits)
+
+
+def test_instructions_need_the_cpu():
+    from bench.errors import CLIError
+    from bench.timing.instructions import require_counting
+
+    with pytest.raises(CLIError, match="CPU steps only"):
+        require_counting("cuda")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None,
+                    reason="valgrind is not installed (Debian: apt-get install valgrind; .ci/run installs it)")
+def test_steptime_instructions_sit_beside_the_wall_clock_in_the_json(tmp_path, capsys):
+    """One valgrind process counts every row (this test pays its start-up: torch imported under valgrind;
+    synthetic data spares it scikit-learn's import)."""
+    out = tmp_path / "steptime.json"
+    code = main(["steptime", "--variant", "cvae", "--dataset", "synthetic:8x8", "--batch-size", "32", "--device", "cpu",
+                 "--baseline", "seed-loop",
+                 "--repeats", "2", "--steps-per-block", "2", "--warmup", "1", "--instructions", "--json", str(out),
+                 "--no-track"])
+    assert code == 0
+    assert "instr_per_step" in capsys.readouterr().out
+    rows = {r["loop"]: r for r in json.loads(out.read_text())["results"]}
+    for r in rows.values():
+        assert r["median_ms"] > 0 and 1e5 < r["instructions_per_step"] < 1e9
+    # the seed loop collates its batch sample by sample and runs the unfused Adam: more work per step
+    assert rows["seed-loop"]["instructions_per_step"] > rows["harness"]["instructions_per_step"]
 
 
 @pytest.mark.parametrize("argv, message", [
