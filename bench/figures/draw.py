@@ -2,11 +2,11 @@
 
 Each figure is a :class:`matplotlib.figure.Figure` with a :class:`FigureCanvasAgg` of its own: no
 pyplot, no global figure registry, so figures can be drawn from any thread. matplotlib is imported
-inside the functions, so ``import bench.figures.draw`` costs no more than numpy; the tracking
-process calls :func:`warm_up` (matplotlib's import, a first drawing and the frames of the run's
-figures: ~0.4 s of CPU) before training starts. Drawing a run's five figures then takes ~0.2-0.3 s
-of one core (2-core EPYC; the three-panel training curves ~0.12 s), at the end of the run; the
-tracking process shares them out to forked workers (:mod:`bench.figures.draw_pool`).
+inside the functions, so ``import bench.figures.draw`` costs no more than numpy; the writer
+process (:mod:`bench.tracking.writer_process`) calls :func:`warm_up` (matplotlib's import, a first
+drawing and the frames of the run's figures: ~0.4 s of CPU) while the command sets up. Drawing a
+run's five figures then takes ~0.2-0.3 s of one core (2-core EPYC; the three-panel training curves
+~0.12 s), at the end of the run.
 
 Image grids are enlarged by a whole factor (nearest neighbour) and placed at whole pixels, so each
 image pixel becomes an exact square of the PNG. Sizes below are pixels at :data:`DPI`.

@@ -58,15 +58,15 @@ def check_database_reachable(uri: str, what: str = "tracking store", timeout_s: 
     connection waiting for the kernel's ~2 minutes. ``what`` names the store in the message
     (``tracking store``, ``--storage``). Self-contained: stores are opened after it, by their owners.
     """
+    scheme = uri.partition("://")[0].split("+")[0].lower() if "://" in uri else ""
+    if scheme not in DATABASE_PORTS:
+        return  # before importing SQLAlchemy: 0.2 s a train run would wait for
     import socket
     import threading
 
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    scheme = uri.partition("://")[0].split("+")[0].lower() if "://" in uri else ""
-    if scheme not in DATABASE_PORTS:
-        return
     try:
         url = make_url(uri)
     except (ArgumentError, ValueError):
