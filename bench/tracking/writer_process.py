@@ -113,9 +113,13 @@ class Writer:
             else:
                 self.take(record)
             record = self.next(None if not self.spool.pending else max(0.0, self.retry_at - time.monotonic()))
-        while self.stopping and (record := self.next(DRAIN_WAIT_S)) not in (None, "timeout"):
-            if record["op"] not in ("flush", "close"):
-                self.take(record)  # SIGTERM: everything the command sent goes to the spool, to its end of input
+        # SIGTERM: everything the command sent goes to the spool, to its end of input, starting with the
+        # record in hand (the loop above read it, then saw ``stopping``; "timeout": the read was cut short)
+        while self.stopping and record is not None:
+            if record != "timeout" and record["op"] not in ("flush", "close"):
+                self.take(record)
+            if (record := self.next(DRAIN_WAIT_S)) == "timeout":
+                break
         self.reply("done", self.spool.pending)
         self.spool.close()
         return 0
