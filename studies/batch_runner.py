@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.training import BatchMember, batched_fit, group_key
 from studies.lock import StudyLock
-from studies.trial_loop import FINISHED, count_trials, fail_stale
+from studies.trial_loop import open_slots
 
 _logger = optuna.logging.get_logger("optuna.study._optimize")  # Optuna's own: the study quiets both alike
 
@@ -274,14 +274,10 @@ def run_batches_until_total(study: optuna.Study, objective: BatchObjective, tota
             return ran
         lock.acquire()
         try:
-            fail_stale(study)
-            counts = count_trials(study)
-            finished = sum(counts.get(s.name, 0) for s in FINISHED)
-            running = counts.get(TrialState.RUNNING.name, 0)
-            if finished >= total:
+            slots, counts = open_slots(study, total)
+            if slots is None:
                 return ran
-            room = total - finished - running
-            trials = ask_batch(study, min(batch_trials, room), sample, shared_params) if room > 0 else []
+            trials = ask_batch(study, min(batch_trials, slots), sample, shared_params) if slots > 0 else []
         finally:
             lock.release()
         if trials:

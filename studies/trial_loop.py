@@ -48,6 +48,19 @@ def fail_stale(study: optuna.Study) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
+def open_slots(study: optuna.Study, total: int) -> tuple[int | None, dict[str, int]]:
+    """Trials a worker may start now for ``total`` finished ones (``total`` minus finished minus running;
+    0 or less: the rest are running elsewhere), None once ``total`` have finished; and the trial counts
+    per state. Fails stale trials first, so that a dead worker's trial frees its slot. Call it under the
+    study's lock."""
+    fail_stale(study)
+    counts = count_trials(study)
+    finished = sum(counts.get(s.name, 0) for s in FINISHED)
+    if finished >= total:
+        return None, counts
+    return total - finished - counts.get(TrialState.RUNNING.name, 0), counts
+
+
 def run_until_total(study: optuna.Study, objective: Callable[[optuna.Trial], object], total: int,
                     make_lock: Callable[[], StudyLock], *, timeout: float | None = None,
                     callbacks: Sequence[Callable] = (), poll_seconds: float = 2.0,
@@ -75,13 +88,10 @@ def run_until_total(study: optuna.Study, objective: Callable[[optuna.Trial], obj
             return ran
         lock.acquire()
         try:
-            fail_stale(study)
-            counts = count_trials(study)
-            finished = sum(counts.get(s.name, 0) for s in FINISHED)
-            running = counts.get(TrialState.RUNNING.name, 0)
-            if finished >= total:
+            slots, counts = open_slots(study, total)
+            if slots is None:
                 return ran
-            room = finished + running < total
+            room = slots > 0
             if room:
                 # optimize(n_trials=1) asks (a WAITING retry first) and runs under Optuna's heartbeat.
                 study.optimize(claimed_objective, n_trials=1, callbacks=[*callbacks, max_trials],
