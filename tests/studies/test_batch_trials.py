@@ -306,8 +306,10 @@ def test_a_lost_batch_resumes_from_its_checkpoints(tmp_path, monkeypatch, batch)
         assert 1 <= k < w.EPOCHS and k % w.EVERY == 0
         assert sorted(t.intermediate_values) == list(range(1, w.EPOCHS + 1))
         same_point = [u for u in retried if u.user_attrs["resumed_from_epoch"] == k]
-        # none (alone) or 1 with --batch-trials 1: never the lost batch's
-        assert t.user_attrs.get("batch_group_size", 1) == (len(same_point) if batch > 1 else 1)
+        # 1 with --batch-trials 1; in a batch, a group of trials resumed from the same epoch (and, per
+        # group_key, the same RNG states: a checkpoint whose states differ trains in a group of its own)
+        size = t.user_attrs.get("batch_group_size", 1)
+        assert size == 1 if batch == 1 else 1 <= size <= len(same_point)
         client = make_client(w.tracking)
         history = client.get_metric_history(Store(client, "").real(t.user_attrs["mlflow_run_id"]), "val_neg_elbo")
         assert sorted(m.step for m in history) == list(range(1, w.EPOCHS + 1))  # every epoch once in its run
