@@ -155,10 +155,11 @@ class TrackingWriter:
 
     def experiment(self, name: str) -> str:
         """The local id of experiment ``name`` (created in the store if needed, tagged model training)."""
-        if name not in self._experiments:
-            self._experiments[name] = new_id("e")
-            self.submit({"op": "experiment", "local_id": self._experiments[name], "name": name})
-        return self._experiments[name]
+        with self._cond:  # trial threads start runs at once: one record per experiment
+            if name not in self._experiments:
+                self._experiments[name] = new_id("e")
+                self.submit({"op": "experiment", "local_id": self._experiments[name], "name": name})
+            return self._experiments[name]
 
     def start_run(self, experiment: str, run_name: str, *, tags: Mapping[str, Any] | None = None,
                   parent: str | None = None, reuse: str | None = None) -> "RunHandle":
