@@ -92,7 +92,7 @@ def register_study_models(writer: Any, study: optuna.Study, spec: StudySpec) -> 
     docstring); :meth:`Registration.collect` reads the outcome once the writer is flushed or closed.
     Never raises for the tracking store: what it has not answered by then stays queued (spooled while it is
     unreachable), and completes when it answers (``cvae-bench sync`` sends what is left spooled)."""
-    name = spec.registered_model or spec.name
+    name = spec.resolved_registered_model
     registration = Registration(name=name)
     trials, best = trials_to_register(study, spec.objective_names)
     trials = [t for t in trials if t.user_attrs.get("mlflow_run_id")]

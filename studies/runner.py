@@ -187,10 +187,6 @@ class StudyRun:
         self.own_writer = writer is None
         self.tracking_uri = resolve_tracking_uri(spec.tracking_uri) if spec.track else None
 
-    @property
-    def experiment(self) -> str:
-        return self.spec.experiment or self.spec.name
-
     # -- setup -------------------------------------------------------------------------------------
     def _open_tracking(self) -> None:
         """The invocation's writer; it first sends what ended processes left spooled for this store."""
@@ -255,7 +251,7 @@ class StudyRun:
         spec = self.spec
         stored = study.user_attrs.get("mlflow_parent_run_id")
         parent = self.writer.start_run(
-            self.experiment, spec.name, reuse=stored,
+            spec.resolved_experiment, spec.name, reuse=stored,
             tags={"study_name": spec.name, "run_kind": "study", "variant": spec.variant, "dataset": self.data.name,
                   **environment_tags(resolve_device(spec.device))})
         if not stored:
@@ -313,7 +309,7 @@ class StudyRun:
                              "batch_trials": spec.batch_trials})
         existing = len(study.get_trials(deepcopy=False))
         finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
-        runs = ChildRuns(self.writer, self.experiment, parent.local_id) if parent is not None else None
+        runs = ChildRuns(self.writer, spec.resolved_experiment, parent.local_id) if parent is not None else None
         settings = TrialSettings(variant=spec.variant, objective=spec.objective, epochs=spec.epochs, seed=spec.seed,
                                  device=spec.device, iw_samples=spec.iw_samples, study_name=spec.name,
                                  log_model=spec.log_model, cuda_graphs=spec.cuda_graphs, compile=spec.compile,
@@ -534,7 +530,7 @@ def summary_lines(spec: StudySpec, outcome: StudyOutcome) -> list[str]:
                      f"{registered_model_link(uri, reg.name, reg.versions[reg.best_trial])}")
     if outcome.parent_run_id:
         link = f": {run_link(uri, outcome.parent_run_id, outcome.experiment_id)}" if outcome.experiment_id else ""
-        lines.append(f"MLflow: parent run {outcome.parent_run_id} in experiment {spec.experiment or spec.name!r}"
+        lines.append(f"MLflow: parent run {outcome.parent_run_id} in experiment {spec.resolved_experiment!r}"
                      f"{link}")
         lines.append(f"MLflow UI: {ui_hint(uri)}")
     lines.append(f"Optuna: {dashboard_hint(spec.storage)}")

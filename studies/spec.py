@@ -214,6 +214,16 @@ class StudySpec:
         return self.study_name or f"{self.variant}-{dataset_slug(self.dataset)}-{self.objective}"
 
     @property
+    def resolved_experiment(self) -> str:
+        """The MLflow experiment of the study's runs: ``experiment``, else the study name."""
+        return self.experiment or self.name
+
+    @property
+    def resolved_registered_model(self) -> str:
+        """The registered model of the study's best trials: ``registered_model``, else the study name."""
+        return self.registered_model or self.name
+
+    @property
     def resolved_pruner(self) -> str:
         return self.pruner or ("median" if self.objective == "neg-elbo" else "none")
 
