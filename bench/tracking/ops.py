@@ -16,6 +16,7 @@ fault (a bad value): the writer reports it and goes on.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import uuid
@@ -70,7 +71,9 @@ def is_transient(exc: BaseException) -> bool:
         return (getattr(exc, "error_code", "") in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
                 or any(s in text for s in ("max retries exceeded", "connection refused", "failed to establish",
                                            "timed out", "database is locked", "connection aborted",
-                                           "remotedisconnected", "503", "502", "504")))
+                                           "remotedisconnected"))
+                # a gateway's status as MLflow and requests word it; not any "503" (a run id, a value)
+                or re.search(r"(?:error code|status code|status) 50[234]\b|\b50[234] server error", text) is not None)
     return False
 
 

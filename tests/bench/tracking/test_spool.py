@@ -40,6 +40,12 @@ def test_transient_errors_are_told_apart():
     assert is_transient(requests.exceptions.ConnectionError("refused"))
     assert is_transient(MlflowException("API request failed: Max retries exceeded with url"))
     assert not is_transient(MlflowException("Invalid value for param", error_code=INVALID_PARAMETER_VALUE))
+    assert is_transient(MlflowException("API request to endpoint /runs/log-batch failed with error code 503 != 200"))
+    assert is_transient(MlflowException("502 Server Error: Bad Gateway for url: http://host/api"))
+    # a refused write whose message holds a run id with "503" inside is the write's own fault
+    assert not is_transient(MlflowException("Changing param values is not allowed. Param with key='lr' was "
+                                            "already logged with value='0.1' for run ID='9f2a503c1e0b4d77'",
+                                            error_code=INVALID_PARAMETER_VALUE))
     assert not is_transient(ValueError("bug"))
 
 
