@@ -10,9 +10,23 @@ import os
 
 import pytest
 import torch
+from machine_state import machine_line, state_report
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 torch.set_num_threads(2)
+
+
+def pytest_report_header(config):
+    return f"machine: {machine_line()}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failure carries the machine's state at that moment (CI shows only what the run printed)."""
+    report = yield
+    if report.failed:
+        report.sections.append(("machine at the failure", state_report()))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +45,10 @@ def _spool_in_tmp(tmp_path_factory):
     # Commands wait for their tracking writer at most this long (10 s by default): tests check what is
     # written, on a CI machine that may be slow; the tests of the bound itself set it back.
     os.environ.setdefault("CVAE_BENCH_FLUSH_BOUND_S", "120")
+    # Writer processes at the priority of the tests: on a CI machine that other jobs keep busy, a niced writer
+    # waits for CPU, holding an SQLite store's lock, and the tests wait on it (tests/bench/tracking checks the
+    # niceness itself).
+    os.environ.setdefault("CVAE_BENCH_WRITER_NICENESS", "0")
 
 
 @pytest.fixture

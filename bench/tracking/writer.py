@@ -32,8 +32,9 @@ from bench.tracking.redaction import redact_url
 FLUSH_BOUND_S = 10.0
 #: A run's epoch metrics go to the writer at most this often (s), and with anything else it is sent.
 METRICS_INTERVAL_S = 2.0
-#: Niceness of the writer process: on a machine whose cores all train, its work yields to training (at 19,
-#: the lowest priority, any other load on the machine starves it and its writes pile up until the end).
+#: Niceness of the writer process (``$CVAE_BENCH_WRITER_NICENESS`` overrides it): on a machine whose cores all
+#: train, its work yields to training (at 19, the lowest priority, any other load on the machine starves it and
+#: its writes pile up until the end).
 NICENESS = 10
 #: Tag values above this length are rejected by some stores: longer ones are cut.
 MAX_TAG_LENGTH = 5000
@@ -70,6 +71,21 @@ def flush_bound_s() -> float:
         raise CLIError(f"CVAE_BENCH_FLUSH_BOUND_S={value!r}: must be a number of seconds") from None
 
 
+def writer_niceness() -> int:
+    """The writer process's niceness: :data:`NICENESS`, or ``$CVAE_BENCH_WRITER_NICENESS`` (0-19; 0 on a
+    machine other jobs keep busy, where a niced writer would wait for CPU while it holds the store)."""
+    value = os.environ.get("CVAE_BENCH_WRITER_NICENESS", "")
+    if not value:
+        return NICENESS
+    try:
+        niceness = int(value)
+    except ValueError:
+        niceness = -1
+    if not 0 <= niceness <= 19:
+        raise CLIError(f"CVAE_BENCH_WRITER_NICENESS={value!r}: must be a whole number from 0 to 19")
+    return niceness
+
+
 def _text(value: Any, limit: int | None = None) -> str:
     text = redact_url(str(value)) if value is not None else ""
     return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
@@ -82,8 +98,9 @@ class TrackingWriter:
     """
 
     def __init__(self, tracking_uri: str, *, spool_dir: str | Path | None = None, sync: bool = False,
-                 niceness: int = NICENESS) -> None:
+                 niceness: int | None = None) -> None:
         require_mlflow()
+        niceness = writer_niceness() if niceness is None else niceness
         self.tracking_uri = tracking_uri
         inbox_read, inbox_write = os.pipe()
         reply_read, reply_write = os.pipe()

@@ -22,6 +22,7 @@ from bench.tracking import (
     resolve_tracking_uri,
     ui_hint,
 )
+from bench.errors import CLIError
 from bench.tracking.ops import MAX_PARAMS_PER_BATCH
 
 WAIT_S = 120  # the writer's work, on a slow CI machine
@@ -253,6 +254,28 @@ def test_an_abandoned_writer_creates_no_run(tmp_path):
     assert w.proc.returncode is not None
     if (tmp_path / "m.db").exists():  # the writer may have opened the store first
         assert [e.name for e in make_client(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()] == ["Default"]
+
+
+@pytest.mark.parametrize("setting,expected", [(None, 10), ("0", 0), ("5", 5)])
+def test_the_writer_runs_at_its_niceness(tmp_path, monkeypatch, setting, expected):
+    """Niceness 10 unless ``$CVAE_BENCH_WRITER_NICENESS`` says otherwise (the suite's conftest sets 0)."""
+    if setting is None:
+        monkeypatch.delenv("CVAE_BENCH_WRITER_NICENESS", raising=False)
+    else:
+        monkeypatch.setenv("CVAE_BENCH_WRITER_NICENESS", setting)
+    w = TrackingWriter(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        assert w.flush(WAIT_S) is None  # the writer has set itself up and written to the store
+        assert os.getpriority(os.PRIO_PROCESS, w.proc.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + expected)
+    finally:
+        w.close(WAIT_S)
+
+
+@pytest.mark.parametrize("setting", ["high", "-5", "20", "1.5"])
+def test_a_bad_writer_niceness_is_one_line_naming_it(monkeypatch, setting):
+    monkeypatch.setenv("CVAE_BENCH_WRITER_NICENESS", setting)
+    with pytest.raises(CLIError, match=r"CVAE_BENCH_WRITER_NICENESS=.*0 to 19"):
+        TrackingWriter("sqlite:///unused.db")
 
 
 def test_config_params_are_flat_and_collisions_are_refused(digits):
