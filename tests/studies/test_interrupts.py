@@ -35,6 +35,16 @@ def _env(tmp: Path) -> dict[str, str]:
                 CVAE_BENCH_SPOOL=str(tmp / "spool"))
 
 
+def _popen(args: list[str], **kwargs) -> subprocess.Popen:
+    """Start ``args`` with Ctrl-C's default disposition: a shell running this suite in the background starts
+    it with SIGINT ignored, which every child would inherit (Python keeps an ignored SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a handler is reset to default by exec
+    try:
+        return subprocess.Popen(args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _stop_when_checkpointed(proc: subprocess.Popen, checkpoint: Path, signum: int) -> tuple[str, str, datetime]:
     """Send ``signum`` once ``checkpoint`` exists; (stdout, stderr, when the signal was sent)."""
     deadline = time.monotonic() + 300
@@ -44,7 +54,10 @@ def _stop_when_checkpointed(proc: subprocess.Popen, checkpoint: Path, signum: in
         time.sleep(0.05)
     sent = datetime.now()
     proc.send_signal(signum)
-    out, err = proc.communicate(timeout=300)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()  # no command left training for the rest of the suite
     return out, err, sent
 
 
@@ -55,7 +68,7 @@ def test_an_interrupted_trial_is_queued_again_and_resumed_by_the_rerun(tmp_path,
     args = [sys.executable, "-m", "studies.cli", command, "--study-name", name, "--storage", storage,
             "--tracking-uri", tracking, *total, *TRIAL]
     env = _env(tmp_path)
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "checkpoints" / checkpoint_path(trial_key(name, 0), Path("")).as_posix()
     out, err, sent = _stop_when_checkpointed(proc, checkpoint, signum)
     code, reason = EXIT[signum]
@@ -92,8 +105,8 @@ def test_sigterm_stops_the_suite_in_one_line(tmp_path):
     config.write_text(json.dumps({"variants": ["cvae"], "trials": 2, "epochs": 40, "limit": 300, "pruner": "none",
                                   "checkpoint_every": 2, "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
                                   "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
-    proc = subprocess.Popen([sys.executable, "-m", "studies.cli", "suite", "--config", str(config), "--no-progress"],
-                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _popen([sys.executable, "-m", "studies.cli", "suite", "--config", str(config), "--no-progress"],
+                  cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     study_dirs = tmp_path / "checkpoints" / "study"
     deadline = time.monotonic() + 300
     while not list(study_dirs.glob("*/trial-0/state.pt")):
