@@ -160,7 +160,7 @@ def _artifact_file(w: Worker) -> Path:
         except LookupError:  # the run itself is not written yet
             pass
         assert time.time() < deadline, "the dead worker's checkpoint never reached its run"
-        time.sleep(0.2)
+        time.sleep(1.0)  # each look opens both stores: on 2 cores, looking often slows the writer it waits for
 
 
 def _refingerprint(path: Path) -> None:
