@@ -16,18 +16,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench.tracking.environment import device_name
+
 #: Command-line fragments of the processes this project starts.
 PROJECT_PROCESSES = ("bench.tracking.writer_process", "studies.cli", "bench.cli", "mlflow", "uvicorn", "postgres")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def _mem_available_gib() -> float | None:
@@ -52,7 +44,7 @@ def machine_line() -> str:
     mem = _mem_available_gib()
     tmp = tempfile.gettempdir()
     free = shutil.disk_usage(tmp).free / 2**30
-    return (f"{_cpu_model()}, {os.cpu_count()} CPUs, load {load}, "
+    return (f"{device_name('cpu')}, {os.cpu_count()} CPUs, load {load}, "
             f"{'?' if mem is None else f'{mem:.1f}'} GiB memory available, {free:.1f} GiB free in {tmp}, "
             f"open files <= {_limit(resource.RLIMIT_NOFILE)}, processes <= {_limit(resource.RLIMIT_NPROC)}")
 
