@@ -3,6 +3,7 @@ Optuna trial and MLflow run; the exact study-wide total and heartbeat retries ho
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,18 +36,31 @@ GOOD = {"latent_dim": 8, "hidden_width": 128, "hidden_depth": 1, "batch_size": 6
 EPOCHS, LIMIT = 2, 400
 
 
-def _direct_fit(params: dict, epochs: int, limit: int, **train):
-    """The trial with ``params`` run alone with fit (the study's seed 0, CPU)."""
-    data = load_data(StudySpec(limit=limit, epochs=epochs, iw_samples=5, device="cpu"))
-    sampled = suggest(FixedTrial(params), "cvae", epochs)
+@contextlib.contextmanager
+def _one_thread():
+    """One intra-op thread, as a study trains its trials (``--threads 1``; one thread per job on 2 cores)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the study trains it (one thread per job on 2 cores)
+    torch.set_num_threads(1)
     try:
-        return fit(model_config("cvae", data, **sampled.model_kwargs),
-                   TrainConfig(epochs=epochs, seed=0, device="cpu", iw_samples=5, **sampled.train_kwargs, **train),
-                   data, progress=False)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _member(params: dict, epochs: int, data, **kwargs) -> BatchMember:
+    """The trial with ``params`` as a study trains it (its seed 0, CPU, 5 importance samples)."""
+    sampled = suggest(FixedTrial(params), "cvae", epochs)
+    return BatchMember(model_config("cvae", data, **sampled.model_kwargs),
+                       TrainConfig(epochs=epochs, seed=0, device="cpu", iw_samples=5, **sampled.train_kwargs),
+                       **kwargs)
+
+
+def _direct_fit(params: dict, epochs: int, limit: int):
+    """The trial with ``params`` run alone with fit."""
+    data = load_data(StudySpec(limit=limit, epochs=epochs, iw_samples=5, device="cpu"))
+    member = _member(params, epochs, data)
+    with _one_thread():
+        return fit(member.model_cfg, member.train_cfg, data, progress=False)
 
 
 # -- one tracked study: a group of three (one NaN), then a group of two (one pruned) and a trial alone --------
@@ -304,34 +318,22 @@ class BatchWorker:
         Not the same parameters run alone straight through: vmap's batched matmuls round otherwise than
         plain ones, and at lr 1e-2 ten epochs grow that into 1e-4 relative (docs/batched-trials.md)."""
         data = load_data(StudySpec(limit=self.LIMIT, epochs=self.EPOCHS, iw_samples=5, device="cpu"))
-
-        def member(params: dict, **kwargs) -> BatchMember:
-            sampled = suggest(FixedTrial(params), "cvae", self.EPOCHS)
-            return BatchMember(model_config("cvae", data, **sampled.model_kwargs),
-                               TrainConfig(epochs=self.EPOCHS, seed=0, device="cpu", iw_samples=5,
-                                           **sampled.train_kwargs), **kwargs)
-
         states: list[dict[int, dict]] = [{} for _ in self.PARAMS]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as the worker's --threads 1
-        try:
-            batched_fit([member(p, checkpoint=lambda epoch, state, i=i: states[i].__setitem__(epoch, state),
-                                checkpoint_every=self.EVERY) for i, p in enumerate(self.PARAMS)],
-                        data, progress=False, final_eval=False)
-            groups: dict[int, list[optuna.trial.FrozenTrial]] = {}
+        with _one_thread():  # as the worker's --threads 1
+            batched_fit([_member(p, self.EPOCHS, data, checkpoint_every=self.EVERY,
+                                 checkpoint=lambda epoch, state, i=i: states[i].__setitem__(epoch, state))
+                         for i, p in enumerate(self.PARAMS)], data, progress=False, final_eval=False)
+            groups: dict[int, list[optuna.trial.FrozenTrial]] = {}  # by resume epoch in a batch, else one each
             for t in sorted(retried, key=lambda t: t.number):
-                k = t.user_attrs["resumed_from_epoch"]
-                groups.setdefault(k if batch > 1 else -t.number, []).append(t)
+                groups.setdefault(t.user_attrs["resumed_from_epoch"] if batch > 1 else t.number, []).append(t)
             results = {}
             for group in groups.values():
-                members = [member(t.params, resume=states[self.PARAMS.index(t.params)][t.user_attrs["resumed_from_epoch"]])
-                           for t in group]
+                members = [_member(t.params, self.EPOCHS, data, resume=states[self.PARAMS.index(t.params)][
+                    t.user_attrs["resumed_from_epoch"]]) for t in group]
                 for t, outcome in zip(group, batched_fit(members, data, progress=False)):
                     assert not isinstance(outcome, Exception), outcome
                     results[t.number] = {"value": outcome.history[-1]["val_neg_elbo"], **outcome.final}
-            return results
-        finally:
-            torch.set_num_threads(threads)
+        return results
 
 
 @pytest.mark.slow
