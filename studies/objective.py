@@ -179,7 +179,7 @@ class Objective:
             finally:
                 if not s.keep_checkpoints and not interrupted:
                     checkpoints.remove()  # a finished trial (complete, pruned or failed) needs none
-            log_fit(tracker, result, trained=True, **logged)
+            log_fit(tracker, result, log_model=s.log_model)
         except optuna.TrialPruned as exc:
             # FINISHED, not KILLED: in the runs table KILLED and FAILED show the same red cross. The name
             # starts with what happened (the table cuts long names short); a crashed trial keeps its cross.

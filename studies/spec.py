@@ -40,7 +40,9 @@ from studies.storage import DEFAULT_HEARTBEAT_S, DEFAULT_STORAGE, check_url
 OBJECTIVES = {"neg-elbo": ("val_neg_elbo",), "rate-distortion": ("val_recon", "val_kl")}
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "nsga2", "random")
-#: Epochs between a trial's checkpoints; ``train`` has the same default (bench.cli.arguments, a test pins it).
+#: Epochs between a trial's checkpoints. A trial of a study is short (digits: 10 epochs, well under a
+#: second each), and a lost worker's retry resumes from its last one; ``train`` counts time instead
+#: (bench.cli.arguments.DEFAULT_TRAIN_CHECKPOINT_EVERY).
 DEFAULT_CHECKPOINT_EVERY = 5
 
 

@@ -6,18 +6,45 @@ Nothing here imports torch or MLflow: building every parser for ``--help`` stays
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.data.memory import MAX_SEED
 from bench.errors import CLIError
 from models.config import BACKBONES, BETA_SCHEDULES, FLOW_KINDS, LIKELIHOODS, VARIANTS
 
-#: Epochs between checkpoints of a train run or a study trial (``--checkpoint-every``). Measured
-#: (README, "Lost workers"): a checkpoint costs ~5 ms on digits, ~14 ms on 28x28 images, under 1 % of
-#: an epoch even every epoch; every 5 epochs bounds what a lost worker costs to 5 epochs and keeps the
-#: MLflow artifact writes (one file copy each) rare. Studies have the same default (studies.spec; a
-#: test pins it).
-DEFAULT_CHECKPOINT_EVERY = 5
+#: How often ``train`` saves its training state (``--checkpoint-every``): at the end of the first epoch
+#: that ends a minute or more after the last save. A killed run loses at most about a minute and an
+#: epoch; a run of short epochs (digits: ~40 ms each) does not pay for a save every few epochs, which
+#: cost it ~13 % of a 300-epoch run (docs/tracking.md). Study trials count epochs (``studies.spec``).
+DEFAULT_TRAIN_CHECKPOINT_EVERY = "60s"
+#: Seconds per unit of a ``--checkpoint-every`` time.
+TIME_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class CheckpointEvery:
+    """When a run saves its training state: every ``epochs`` epochs, or at the end of the first epoch
+    that ends ``seconds`` (s, wall clock) or more after the last save (or the start); neither: never."""
+
+    epochs: int = 0
+    seconds: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.epochs or self.seconds)
+
+
+def checkpoint_every(text: str) -> CheckpointEvery:
+    """``5``: every 5 epochs; ``30s``, ``10m``, ``1h``: by the time since the last save; ``0``: never."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in TIME_UNITS else (text, "")
+    try:
+        value = float(number) if unit else int(number)
+    except ValueError:
+        value = -1
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of epochs (5) nor a time (30s, 10m, 1h)")
+    return CheckpointEvery(seconds=value * TIME_UNITS[unit]) if unit else CheckpointEvery(epochs=value)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -127,9 +154,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="run each train step (batch gather, forward, backward, Adam) as one CUDA-graph replay "
                         "(default: on when the device is CUDA, off on CPU)")
-    g.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY, metavar="N",
-                   help=f"save the training state every N epochs (local file and run artifact "
-                        f"checkpoint/state.pt; tracked runs only), 0: never (default {DEFAULT_CHECKPOINT_EVERY})")
+    g.add_argument("--checkpoint-every", type=checkpoint_every, default=checkpoint_every(DEFAULT_TRAIN_CHECKPOINT_EVERY),
+                   metavar="N|TIME",
+                   help="save the training state (local file and run artifact checkpoint/state.pt; tracked runs "
+                        "only) every N epochs, or, given a time (30s, 10m, 1h), at the end of the first epoch "
+                        f"that ends that long after the last save; 0: never (default {DEFAULT_TRAIN_CHECKPOINT_EVERY})")
     g.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the local checkpoint of a finished run (removed by default)")
     g.add_argument("--resume", default=None, metavar="RUN_ID",

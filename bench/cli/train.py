@@ -161,8 +161,6 @@ def run_train(args: argparse.Namespace) -> int:
         check_writable(args.metrics_json, "--metrics-json")
     if args.fresh_if_missing and not args.resume:
         raise CLIError("--fresh-if-missing: only with --resume RUN_ID")
-    if args.checkpoint_every < 0:
-        raise CLIError(f"--checkpoint-every {args.checkpoint_every}: must be an integer >= 0 (epochs; 0: never)")
     uri = resolve_tracking_uri(args.tracking_uri)
     if not args.no_track:
         check_tracking_uri(uri)
@@ -219,15 +217,16 @@ def run_train(args: argparse.Namespace) -> int:
         with tracker:
             try:
                 result = fit(model_cfg, train_cfg, data, callbacks=[table, *filter(None, [run])],
-                             progress=not args.no_progress, checkpoint=sink, checkpoint_every=args.checkpoint_every,
-                             resume=resume, on_trained=hand_over if run else None)
+                             progress=not args.no_progress, checkpoint=sink, resume=resume,
+                             checkpoint_every=args.checkpoint_every.epochs,
+                             checkpoint_seconds=args.checkpoint_every.seconds, on_trained=hand_over if run else None)
             finally:
                 torch.set_num_threads(threads)  # what spare_a_core took
             if not args.keep_checkpoints:  # a finished run needs none (a killed one keeps its own)
                 for done in filter(None, [sink, resumed]):
                     done.remove()
             if run:
-                log_fit(run, result, trained=True, **logged)
+                log_fit(run, result, log_model=not args.no_model)
     except BaseException:
         if writer:
             _close_quietly(writer)

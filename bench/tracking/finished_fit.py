@@ -1,6 +1,6 @@
-"""The one function that logs a finished fit: final metrics, figures and the trained model, through
-any :class:`Tracker` (:func:`log_fit`). A fit's figures and model exist before its test metrics:
-:func:`log_trained` logs them then (``fit(on_trained=...)``), and :func:`log_fit` the rest."""
+"""Logging a fit through any :class:`Tracker`, in the two steps a fit offers: :func:`log_trained` once
+its last epoch is done (``fit(on_trained=...)``: ``train_seconds``, figures, the model, PENDING),
+:func:`log_fit` once its test metrics are computed (linked to that model, which becomes READY)."""
 
 from __future__ import annotations
 
@@ -18,72 +18,42 @@ def _last_epoch(result: "FitResult") -> int:
     return int(result.history[-1]["epoch"]) if result.history else 0
 
 
-def log_fit_figures(tracker: Tracker, result: "FitResult") -> None:
-    """``result``'s figures: computed here, in the training process (the model and the RNGs are left
-    as they were), drawn by the tracker (which may be another process). Needs no final metrics."""
-    if isinstance(tracker, NullTracker):
-        return
-    from bench.figures.compute import fit_figure_data
-
-    tracker.log_figures(fit_figure_data(result))
-
-
 def log_trained(tracker: Tracker, result: "FitResult", *, log_model: bool = True, params: Mapping[str, Any] = (),
                 tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = ()) -> None:
-    """What a fit has once its last epoch is done, before its test metrics: ``train_seconds``, the
-    figures and, with ``log_model``, the trained model, written now and PENDING until :func:`log_fit`
-    (``trained=True``) links its metrics. ``fit(on_trained=...)`` calls it, so a tracker that writes
-    elsewhere (the tracking process) writes them while the test metrics are computed."""
-    if isinstance(tracker, NullTracker):
-        return
-    step = _last_epoch(result)
-    tracker.log_metrics({"train_seconds": result.train_seconds}, step=step)
-    log_fit_figures(tracker, result)
-    if log_model:
-        log_fit_model(tracker, result, params=params, tags=tags, datasets=datasets, pending=True)
-
-
-def log_fit(tracker: Tracker, result: "FitResult", *, log_model: bool = True, params: Mapping[str, Any] = (),
-            tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = (), trained: bool = False) -> None:
-    """``result``'s final test metrics and ``train_seconds`` (``step`` = last epoch), its figures
-    (:func:`log_fit_figures`) and, with ``log_model``, the trained CVAE as a logged model of the run,
-    the final metrics linked to it and to the test split of ``datasets``
-    (:func:`bench.tracking.dataset_inputs.dataset_inputs`). ``params``/``tags`` are the logged
-    model's (the run's configuration, say). ``trained``: :func:`log_trained` logged ``train_seconds``,
-    the figures and the pending model already; what is left is the test metrics."""
-    if isinstance(tracker, NullTracker):
-        return
-    step = _last_epoch(result)
-    if trained:  # with a model, the metrics linked to it are the run's too: written once
-        if log_model:
-            tracker.log_model_metrics(result.final)
-        else:
-            tracker.log_metrics(result.final, step=step)
-        return
-    tracker.log_metrics({**result.final, "train_seconds": result.train_seconds}, step=step)
-    log_fit_figures(tracker, result)
-    if log_model:
-        log_fit_model(tracker, result, params=params, tags=tags, datasets=datasets)
-
-
-def log_fit_model(tracker: Tracker, result: "FitResult", *, params: Mapping[str, Any] = (),
-                  tags: Mapping[str, Any] = (), datasets: Sequence[Mapping[str, str]] = (),
-                  pending: bool = False) -> None:
-    """The trained CVAE of ``result`` as a logged model of the run, its final metrics linked to it and
-    to the test split of ``datasets`` (what :func:`log_fit` does with ``log_model``); ``pending``: the
-    metrics come later (:meth:`Tracker.log_model_metrics`)."""
+    """What a fit has once its last epoch is done, before its test metrics: ``train_seconds`` (at the last
+    epoch), the figures (computed here from the model, which is left as it was, and drawn by the tracker)
+    and, with ``log_model``, the trained CVAE as a logged model of the run, PENDING until :func:`log_fit`.
+    ``params``/``tags``: the model's (the run's configuration, say); its metrics will be linked to the
+    test split of ``datasets`` (:func:`bench.tracking.dataset_inputs.dataset_inputs`). A tracker that writes
+    elsewhere (the writer process) writes all this while the test metrics are computed."""
     if isinstance(tracker, NullTracker):
         return
     import torch
 
+    from bench.figures.compute import fit_figure_data
     from bench.tracking.logged_model import pip_requirements
     from models.saved_model import save
 
     step = _last_epoch(result)
+    tracker.log_metrics({"train_seconds": result.train_seconds}, step=step)
+    tracker.log_figures(fit_figure_data(result))
+    if not log_model:
+        return
     folder = save(result.model, tempfile.mkdtemp(prefix="cvae-bench-saved-"), result.data.class_names)
     test = next((d for d in datasets if d.get("context") == "test"), None)
-    tracker.log_model(str(folder), step=step, metrics=None if pending else result.final,
-                      params={str(k): str(v) for k, v in dict(params).items()},
+    tracker.log_model(str(folder), step=step, metrics=None, params={str(k): str(v) for k, v in dict(params).items()},
                       tags={str(k): str(v) for k, v in dict(tags).items()},
                       requirements=pip_requirements(torch.__version__),
                       dataset={"name": test["name"], "digest": test["digest"]} if test else None)
+
+
+def log_fit(tracker: Tracker, result: "FitResult", *, log_model: bool = True) -> None:
+    """``result``'s final test metrics, after :func:`log_trained` (the same ``log_model``): linked to the
+    pending model, which makes them the run's metrics too (written once), or without a model logged as
+    the run's metrics at its last epoch."""
+    if isinstance(tracker, NullTracker):
+        return
+    if log_model:
+        tracker.log_model_metrics(result.final)
+    else:
+        tracker.log_metrics(result.final, step=_last_epoch(result))

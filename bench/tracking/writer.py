@@ -10,6 +10,7 @@ process and not a thread, and how it all fits: docs/tracking.md.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ import weakref
 from multiprocessing.connection import Connection
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from bench.errors import CLIError, interrupt_reason
 from bench.tracking.ops import LOCAL_PREFIX, new_id, now_ms
@@ -61,29 +62,34 @@ def require_mlflow() -> None:
                        "pass --no-track")
 
 
+def _from_env(name: str, default: Any, convert: Callable[[str], Any], valid: Callable[[Any], bool],
+              expected: str) -> Any:
+    """``$name`` converted, or ``default`` when it is unset or empty; a :class:`CLIError` naming it when it is
+    not ``expected``."""
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        result = convert(value)
+    except ValueError:
+        result = None
+    if result is None or not valid(result):
+        raise CLIError(f"{name}={value!r}: must be {expected}")
+    return result
+
+
 def flush_bound_s() -> float:
     """How long a command waits at its end for the writer (s): :data:`FLUSH_BOUND_S`, or
-    ``$CVAE_BENCH_FLUSH_BOUND_S`` (a number of seconds; e.g. longer on a machine that is busy)."""
-    value = os.environ.get("CVAE_BENCH_FLUSH_BOUND_S", "")
-    try:
-        return max(0.0, float(value)) if value else FLUSH_BOUND_S
-    except ValueError:
-        raise CLIError(f"CVAE_BENCH_FLUSH_BOUND_S={value!r}: must be a number of seconds") from None
+    ``$CVAE_BENCH_FLUSH_BOUND_S`` (e.g. longer on a machine that is busy)."""
+    return _from_env("CVAE_BENCH_FLUSH_BOUND_S", FLUSH_BOUND_S, float, lambda v: 0 <= v < math.inf,
+                     "a number of seconds >= 0")
 
 
 def writer_niceness() -> int:
-    """The writer process's niceness: :data:`NICENESS`, or ``$CVAE_BENCH_WRITER_NICENESS`` (0-19; 0 on a
-    machine other jobs keep busy, where a niced writer would wait for CPU while it holds the store)."""
-    value = os.environ.get("CVAE_BENCH_WRITER_NICENESS", "")
-    if not value:
-        return NICENESS
-    try:
-        niceness = int(value)
-    except ValueError:
-        niceness = -1
-    if not 0 <= niceness <= 19:
-        raise CLIError(f"CVAE_BENCH_WRITER_NICENESS={value!r}: must be a whole number from 0 to 19")
-    return niceness
+    """The writer process's niceness: :data:`NICENESS`, or ``$CVAE_BENCH_WRITER_NICENESS`` (0 on a machine
+    other jobs keep busy, where a niced writer would wait for CPU while it holds the store)."""
+    return _from_env("CVAE_BENCH_WRITER_NICENESS", NICENESS, int, lambda v: 0 <= v <= 19,
+                     "a whole number from 0 to 19")
 
 
 def _text(value: Any, limit: int | None = None) -> str:

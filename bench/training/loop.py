@@ -30,9 +30,12 @@ from bench.training.step_timer import StepTimer
 from models import CVAE, CVAEConfig, schedule_table
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-#: ``checkpoint(epoch, state)``: called at the end of every ``checkpoint_every``-th epoch with the
-#: state of :func:`bench.training.checkpoint.make_state` (it writes it somewhere).
+#: ``checkpoint(epoch, state)``: called at the end of an epoch a checkpoint is due (``fit``'s
+#: ``checkpoint_every``, ``checkpoint_seconds``) with the state of
+#: :func:`bench.training.checkpoint.make_state` (it writes it somewhere).
 CheckpointSink = Callable[[int, dict], None]
+#: The clock of ``checkpoint_seconds`` (s).
+checkpoint_clock = time.monotonic
 
 
 class NonFiniteLossError(CLIError, RuntimeError):
@@ -62,7 +65,7 @@ def seed_everything(seed: int) -> None:
 
 def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
         callbacks: Sequence[EpochCallback] = (), progress: bool = True, final_eval: bool = True,
-        checkpoint: CheckpointSink | None = None, checkpoint_every: int = 0,
+        checkpoint: CheckpointSink | None = None, checkpoint_every: int = 0, checkpoint_seconds: float = 0.0,
         resume: dict | None = None, on_trained: Callable[[FitResult], None] | None = None) -> FitResult:
     """Train ``model_cfg`` on ``data.train``; evaluate on val each epoch and on test at the end.
 
@@ -70,8 +73,10 @@ def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
     ``callback(epoch, metrics)``; a callback may raise to stop the run (Optuna pruning does). Training
     takes exactly ``epochs * (len(data.train) // batch_size)`` optimizer steps.
 
-    Checkpoints: with ``checkpoint`` and ``checkpoint_every`` = N >= 1 (epochs), ``checkpoint(epoch, state)``
-    is called at the end of every N-th epoch before the last (:mod:`bench.training.checkpoint`).
+    Checkpoints: with ``checkpoint``, ``checkpoint(epoch, state)`` is called at the end of every
+    ``checkpoint_every``-th epoch (N >= 1), and of the first epoch that ends ``checkpoint_seconds`` (s,
+    wall clock) or more after the last call or the start (> 0), before the last epoch
+    (:mod:`bench.training.checkpoint`); both 0: never.
     ``resume`` (a loaded checkpoint of epoch k) restores model, optimizer, RNGs, the permutation
     generator and the history 1..k, then trains epochs k+1..E only; callbacks see only those epochs.
     A resume whose fingerprint is not this run's raises :class:`CheckpointRefused` before any training.
@@ -85,11 +90,14 @@ def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
     """
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ValueError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 0 (epochs; 0 = off)")
+    if not (isinstance(checkpoint_seconds, (int, float)) and 0 <= checkpoint_seconds < math.inf):
+        raise ValueError(f"checkpoint_seconds={checkpoint_seconds!r}: must be a number of seconds >= 0 (0 = off)")
     device = train_cfg.resolve_device()
     graphs = train_cfg.use_cuda_graphs(device)
     with device_context(device):  # streams, events and graphs on the chosen GPU, not the default one
         return _fit(model_cfg, train_cfg, data, device, graphs, callbacks, progress, final_eval,
-                    checkpoint if checkpoint_every else None, checkpoint_every, resume, on_trained)
+                    checkpoint if checkpoint_every or checkpoint_seconds else None, checkpoint_every,
+                    checkpoint_seconds, resume, on_trained)
 
 
 def run_fingerprint(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits) -> str:
@@ -99,7 +107,7 @@ def run_fingerprint(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSpl
 
 def _fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, device: torch.device, graphs: bool,
          callbacks: Sequence[EpochCallback], progress: bool, final_eval: bool,
-         checkpoint: CheckpointSink | None, checkpoint_every: int, resume: dict | None,
+         checkpoint: CheckpointSink | None, checkpoint_every: int, checkpoint_seconds: float, resume: dict | None,
          on_trained: Callable[[FitResult], None] | None) -> FitResult:
     fp = run_fingerprint(model_cfg, train_cfg, data) if (checkpoint is not None or resume is not None) else ""
     if resume is not None:
@@ -132,6 +140,7 @@ def _fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, device
 
     bar = tqdm(range(start, train_cfg.epochs + 1), desc=f"{model_cfg.variant} on {data.name}", unit="epoch",
                disable=None if progress else True, leave=False)  # None: only on a terminal
+    saved_at = checkpoint_clock()
     for epoch in bar:
         loop.prepare()
         wall = time.perf_counter()
@@ -160,9 +169,13 @@ def _fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, device
         bar.set_postfix(val_neg_elbo=f"{metrics['val_neg_elbo']:.2f}", val_kl=f"{metrics['val_kl']:.2f}")
         for callback in callbacks:
             callback(epoch, metrics)
-        if checkpoint is not None and epoch % checkpoint_every == 0 and epoch < train_cfg.epochs:
+        now = checkpoint_clock()
+        due = (checkpoint_every and epoch % checkpoint_every == 0) or \
+            (checkpoint_seconds and now - saved_at >= checkpoint_seconds)
+        if checkpoint is not None and due and epoch < train_cfg.epochs:
             checkpoint(epoch, ckpt.make_state(fingerprint=fp, epoch=epoch, model=model, optimizer=optimizer,
                                               generator=loop.gen, history=result.history))
+            saved_at = now
     bar.close()
     if on_trained is not None:
         on_trained(result)

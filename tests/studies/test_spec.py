@@ -82,13 +82,6 @@ def test_study_defaults_are_the_spec_defaults():
     assert spec_from_args(args) == StudySpec(variant="beta-cvae", track=False, limit=300, timeout=2.5, device="cpu")
 
 
-def test_trials_and_train_runs_checkpoint_at_the_same_default_interval():
-    from bench.cli.arguments import DEFAULT_CHECKPOINT_EVERY as TRAIN_DEFAULT
-
-    default = {f.name: f.default for f in dataclasses.fields(StudySpec)}["checkpoint_every"]
-    assert default == TRAIN_DEFAULT >= 1
-
-
 def test_worker_options_default_to_the_studys_values():
     parser = command_parser("worker")
     opts = options(parser)

@@ -82,14 +82,26 @@ def test_train_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkey
     assert client.list_artifacts(new[0].info.run_id, "figures")  # only the checkpoints went
 
 
-def test_a_negative_checkpoint_every_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("bad", ["-1", "5x", "1.5", "-2s", "infm", "nans", "s"])
+def test_a_bad_checkpoint_every_is_a_one_line_error(tmp_path, monkeypatch, capsys, bad):
     monkeypatch.chdir(tmp_path)
     try:
-        code = main(["train", "--dataset", "digits", "--epochs", "1", "--no-track", "--checkpoint-every", "-1"])
+        code = main(["train", "--dataset", "digits", "--epochs", "1", "--no-track", f"--checkpoint-every={bad}"])
     except SystemExit as exc:
         code = exc.code
     assert code == 2
-    assert "--checkpoint-every -1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--checkpoint-every: {bad!r} is neither a number of epochs" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, epochs, seconds", [("5", 5, 0.0), ("0", 0, 0.0), ("30s", 0, 30.0),
+                                                   ("1.5m", 0, 90.0), ("2h", 0, 7200.0)])
+def test_checkpoint_every_is_epochs_or_a_time(text, epochs, seconds):
+    from bench.cli.arguments import DEFAULT_TRAIN_CHECKPOINT_EVERY, CheckpointEvery, checkpoint_every
+
+    assert checkpoint_every(text) == CheckpointEvery(epochs=epochs, seconds=seconds)
+    assert bool(checkpoint_every(text)) == (text != "0")
+    assert checkpoint_every(DEFAULT_TRAIN_CHECKPOINT_EVERY).seconds >= 10  # a short run pays for no save
 
 
 MISSING = "0123456789abcdef0123456789abcdef"  # a run id with no checkpoint anywhere

@@ -278,6 +278,17 @@ def test_a_bad_writer_niceness_is_one_line_naming_it(monkeypatch, setting):
         TrackingWriter("sqlite:///unused.db")
 
 
+@pytest.mark.parametrize("setting", ["soon", "-1", "nan", "inf"])
+def test_a_bad_flush_bound_is_one_line_naming_it(monkeypatch, setting):
+    from bench.tracking.writer import flush_bound_s
+
+    monkeypatch.setenv("CVAE_BENCH_FLUSH_BOUND_S", setting)
+    with pytest.raises(CLIError, match=r"CVAE_BENCH_FLUSH_BOUND_S=.*seconds"):
+        flush_bound_s()
+    monkeypatch.setenv("CVAE_BENCH_FLUSH_BOUND_S", "2.5")
+    assert flush_bound_s() == 2.5
+
+
 def test_config_params_are_flat_and_collisions_are_refused(digits):
     from bench.training.config import TrainConfig
     from bench.training.presets import model_config

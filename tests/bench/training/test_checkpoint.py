@@ -79,3 +79,20 @@ def test_checkpoint_every_must_be_a_count_of_epochs(digits, setup):
     cfg, train, _ = setup
     with pytest.raises(ValueError, match="checkpoint_every=-1"):
         fit(cfg, train, digits, progress=False, checkpoint=lambda e, s: None, checkpoint_every=-1)
+    with pytest.raises(ValueError, match="checkpoint_seconds=-1"):
+        fit(cfg, train, digits, progress=False, checkpoint=lambda e, s: None, checkpoint_seconds=-1)
+
+
+@pytest.mark.parametrize("seconds, expected", [(2.0, [2, 4, 6]), (2.5, [3, 6]), (0.5, [1, 2, 3, 4, 5, 6]),
+                                               (100.0, [])])
+def test_checkpoints_by_time_come_at_the_first_epoch_that_ends_that_long_after_the_last(
+        digits, setup, monkeypatch, seconds, expected):
+    import bench.training.loop as loop
+
+    cfg, train, _ = setup
+    ticks = iter(range(100))  # the clock reads 0 at the start and 1 s more at each epoch's end
+    monkeypatch.setattr(loop, "checkpoint_clock", lambda: float(next(ticks)))
+    saved = []
+    fit(cfg, dataclasses.replace(train, epochs=7), digits, progress=False, final_eval=False,
+        checkpoint=lambda e, s: saved.append(e), checkpoint_seconds=seconds)
+    assert saved == expected  # never at the last epoch (7)
