@@ -155,8 +155,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="run each train step (batch gather, forward, backward, Adam) as one CUDA-graph replay "
                         "(default: on when the device is CUDA, off on CPU)")
-    g.add_argument("--checkpoint-every", type=checkpoint_every, default=checkpoint_every(DEFAULT_TRAIN_CHECKPOINT_EVERY),
-                   metavar="N|TIME",
+    g.add_argument("--checkpoint-every", type=checkpoint_every, metavar="N|TIME",
+                   default=checkpoint_every(DEFAULT_TRAIN_CHECKPOINT_EVERY),
                    help="save the training state (local file and run artifact checkpoint/state.pt; tracked runs "
                         "only) every N epochs, or, given a time (30s, 10m, 1h), at the end of the first epoch "
                         f"that ends that long after the last save; 0: never (default {DEFAULT_TRAIN_CHECKPOINT_EVERY})")
