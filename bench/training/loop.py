@@ -90,7 +90,8 @@ def fit(model_cfg: CVAEConfig, train_cfg: TrainConfig, data: DataSplits, *,
     """
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ValueError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 0 (epochs; 0 = off)")
-    if not (isinstance(checkpoint_seconds, (int, float)) and 0 <= checkpoint_seconds < math.inf):
+    if isinstance(checkpoint_seconds, bool) or not (isinstance(checkpoint_seconds, (int, float))
+                                                    and 0 <= checkpoint_seconds < math.inf):
         raise ValueError(f"checkpoint_seconds={checkpoint_seconds!r}: must be a number of seconds >= 0 (0 = off)")
     device = train_cfg.resolve_device()
     graphs = train_cfg.use_cuda_graphs(device)

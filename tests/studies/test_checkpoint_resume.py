@@ -100,10 +100,14 @@ def direct_fit(params: dict):
     spec = StudySpec(limit=LIMIT, epochs=EPOCHS, iw_samples=5, device="cpu")
     data = load_data(spec)
     sampled = suggest(FixedTrial(params), "cvae", EPOCHS)
-    torch.set_num_threads(1)
-    return fit(model_config("cvae", data, **sampled.model_kwargs),
-               TrainConfig(epochs=EPOCHS, seed=0, device="cpu", iw_samples=5, **sampled.train_kwargs), data,
-               progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the study's workers train (--threads 1)
+    try:
+        return fit(model_config("cvae", data, **sampled.model_kwargs),
+                   TrainConfig(epochs=EPOCHS, seed=0, device="cpu", iw_samples=5, **sampled.train_kwargs), data,
+                   progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

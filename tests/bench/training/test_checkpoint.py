@@ -79,8 +79,9 @@ def test_checkpoint_every_must_be_a_count_of_epochs(digits, setup):
     cfg, train, _ = setup
     with pytest.raises(ValueError, match="checkpoint_every=-1"):
         fit(cfg, train, digits, progress=False, checkpoint=lambda e, s: None, checkpoint_every=-1)
-    with pytest.raises(ValueError, match="checkpoint_seconds=-1"):
-        fit(cfg, train, digits, progress=False, checkpoint=lambda e, s: None, checkpoint_seconds=-1)
+    for bad in (-1, True, float("nan")):
+        with pytest.raises(ValueError, match=f"checkpoint_seconds={bad!r}"):
+            fit(cfg, train, digits, progress=False, checkpoint=lambda e, s: None, checkpoint_seconds=bad)
 
 
 @pytest.mark.parametrize("seconds, expected", [(2.0, [2, 4, 6]), (2.5, [3, 6]), (0.5, [1, 2, 3, 4, 5, 6]),
