@@ -19,7 +19,8 @@ three runs sample the same parameters in the same order) and paired by trial num
 
 Batched trials (``--batch-trials 1,8``) measures instead one study per K, one after the other, each a
 ``cvae-bench study --batch-trials K`` process on the same work: ``--trials`` (default 32) trials of
-``--epochs`` (default 10) on all of ``digits``, random sampler, no pruning, ``--iw-samples 5`` and
+``--epochs`` (default 10) on all of ``digits`` (or ``--dataset``, ``--image-size``, on ``--device``, default
+cpu), random sampler, no pruning, ``--iw-samples 5`` and
 ``--threads 1`` as above, the study's other defaults, and the shape parameters fixed for every trial
 (:data:`FIXED_SHAPE`, enqueued; lr is sampled), so every K trains the same models. Storage: a SQLite file in a temporary folder unless ``--storage``;
 untracked unless ``--tracking-uri``. Reported per K: ``wall_s`` (process start to exit),
@@ -121,10 +122,12 @@ def measure_batches(args: argparse.Namespace, k: int, stamp: str, work: Path) ->
         study.enqueue_trial(FIXED_SHAPE)
     tracking = ["--tracking-uri", args.tracking_uri] if args.tracking_uri else ["--no-track"]
     limit = ["--limit", str(args.limit)] if args.limit else []
+    data = ["--dataset", args.dataset, *(["--image-size", str(args.image_size)] if args.image_size else []),
+            "--device", args.device]
     start, cpu = time.perf_counter(), _children_cpu_s()
     _wait([_cli("study", "--study-name", name, "--storage", storage, "--trials", str(args.trials), "--epochs",
                 str(args.epochs), "--sampler", "random", "--pruner", "none", "--batch-trials", str(k),
-                "--iw-samples", "5", "--threads", "1", "--no-progress", *limit, *tracking, cwd=work)])
+                "--iw-samples", "5", "--threads", "1", "--no-progress", *limit, *data, *tracking, cwd=work)])
     wall, cpu = time.perf_counter() - start, _children_cpu_s() - cpu
     return {"batch_trials": k, "wall_s": wall, "cpu_s": cpu, "trials_per_min": _rate_per_min(storage, name)}
 
@@ -139,18 +142,22 @@ def batches_main(args: argparse.Namespace, stamp: str) -> int:
     with tempfile.TemporaryDirectory(prefix="cvae-bench-throughput-") as tmp:
         rows = [measure_batches(args, int(k), stamp, Path(tmp)) for k in args.batch_trials.split(",")]
     shape = " ".join(f"{k}={v}" for k, v in FIXED_SHAPE.items())
-    print(f"{args.trials} trials of {args.epochs} epochs on digits ({f'limit {args.limit}' if args.limit else 'all'}"
-          f"), random sampler, no pruning, iw-samples 5, 1 thread, every trial {shape}; storage "
+    size = f" at {args.image_size}x{args.image_size}" if args.image_size else ""
+    print(f"{args.trials} trials of {args.epochs} epochs on {args.dataset}{size} "
+          f"({f'limit {args.limit}' if args.limit else 'all'}), device {args.device}, random sampler, no pruning, "
+          f"iw-samples 5, 1 thread, every trial {shape}; storage "
           f"{redact_url(args.storage) if args.storage else 'SQLite (temporary file)'}, "
           f"{'tracking ' + redact_url(args.tracking_uri) if args.tracking_uri else 'untracked'}, "
           f"{os.cpu_count()} CPUs")
-    print(f"{'batch_trials':>12}  {'wall_s':>7}  {'cpu_s':>7}  {'trials/min':>10}  {'ratio':>5}")
+    print(f"{'batch_trials':>12}  {'wall_s':>7}  {'cpu_s':>7}  {'trials/min':>10}  {'trials/h':>9}  {'ratio':>5}")
     for r in rows:
         r["ratio"] = r["trials_per_min"] / rows[0]["trials_per_min"]
         print(f"{r['batch_trials']:>12}  {r['wall_s']:>7.1f}  {r['cpu_s']:>7.1f}  {r['trials_per_min']:>10.1f}  "
-              f"{r['ratio']:>5.2f}")
+              f"{60 * r['trials_per_min']:>9.0f}  {r['ratio']:>5.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"batches": rows}, indent=2) + "\n")
+        setup = {"trials": args.trials, "epochs": args.epochs, "dataset": args.dataset, "image_size": args.image_size,
+                 "limit": args.limit, "device": args.device, "cpus": os.cpu_count()}
+        Path(args.json).write_text(json.dumps({"setup": setup, "batches": rows}, indent=2) + "\n")
     return 0
 
 
@@ -164,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, help="finished trials per study (default 12; batched: 32)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default 3; batched: 10)")
     p.add_argument("--limit", type=int, help="examples per split (default 600; batched: all)")
+    p.add_argument("--dataset", default="digits", metavar="NAME",
+                   help="batched: the study's --dataset (default digits)")
+    p.add_argument("--image-size", type=int, metavar="PX", help="batched: the study's --image-size (e.g. 28)")
+    p.add_argument("--device", default="cpu", help="batched: the study's --device (default cpu; cuda on a GPU)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     stamp = time.strftime("%Y%m%d%H%M%S")
