@@ -35,20 +35,10 @@ def ui_link(tracking_uri: str, route: str) -> str:
     return f"{ui_base(tracking_uri)}/#{route}?{TRAINING_VIEW}"
 
 
-def experiment_link(tracking_uri: str, experiment_id: str) -> str:
-    """An experiment's runs table."""
-    return ui_link(tracking_uri, f"/experiments/{experiment_id}")
-
-
 def run_link(tracking_uri: str, run_id: str, experiment_id: str) -> str:
     """A run's page. (The UI's shorter ``#/runs/<id>`` finds the experiment, but its redirect drops the
     query: the page opens in the GenAI view.)"""
     return ui_link(tracking_uri, f"/experiments/{experiment_id}/runs/{run_id}")
-
-
-def logged_model_link(tracking_uri: str, experiment_id: str, model_id: str) -> str:
-    """A logged model's page (its metrics, parameters, signature and files)."""
-    return ui_link(tracking_uri, f"/experiments/{experiment_id}/models/{model_id}")
 
 
 def registered_model_link(tracking_uri: str, name: str, version: str | None = None) -> str:
