@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import os
 import types
 import typing
 from dataclasses import Field, dataclass, field, fields
@@ -235,12 +234,11 @@ class StudySpec:
 
     @property
     def resolved_threads(self) -> int:
-        """torch CPU threads per job: ``threads``, else half the cores shared among the jobs (>= 1).
+        """torch CPU threads per job: ``threads``, else :func:`bench.training.config.default_cpu_threads`
+        (half the cores shared among the jobs, >= 1)."""
+        from bench.training.config import default_cpu_threads
 
-        Small models gain nothing from more intra-op threads, and OpenMP threads that outnumber the
-        free cores slow training down by an order of magnitude when anything else runs.
-        """
-        return self.threads or max(1, (os.cpu_count() or 2) // 2 // self.jobs)
+        return self.threads or default_cpu_threads(self.jobs)
 
 
 # -- the declaration, read back ----------------------------------------------------------------------

@@ -89,6 +89,17 @@ def parse_seed(text: str) -> int:
     return value
 
 
+def thread_count(text: str) -> int:
+    """``--threads``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} threads: must be >= 1")
+    return value
+
+
 def device_name(text: str) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; whether that device exists is checked when it is used."""
     head, _, index = text.partition(":")
@@ -149,6 +160,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm, 0 = off (default)")
     g.add_argument("--seed", type=parse_seed, default=0, help="random seed; CPU runs are reproducible (default 0)")
     add_device_argument(g)
+    g.add_argument("--threads", type=thread_count, default=None, metavar="T",
+                   help="torch CPU threads (default: half the cores, at least 1; small models train as fast or "
+                        "faster, and the other half is left to the MLflow writer)")
     g.add_argument("--iw-samples", type=int, default=100, help="k of the importance-weighted test bound (default 100)")
     g.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (default none)")
     g.add_argument("--compile", action="store_true", help="torch.compile the forward and loss")

@@ -176,6 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         from bench.training import fit
         from bench.training.checkpoint_store import run_key
+        from bench.training.config import default_cpu_threads
 
         data = load_data_from_args(args)
         model_cfg, train_cfg = configs_from_args(args, data)
@@ -212,7 +213,8 @@ def run_train(args: argparse.Namespace) -> int:
         log_trained(run, trained, **logged)
         spare_a_core(trained.model)
 
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # the caller's, restored once trained
+    torch.set_num_threads(args.threads or default_cpu_threads())
     try:
         with tracker:
             try:
@@ -221,7 +223,7 @@ def run_train(args: argparse.Namespace) -> int:
                              checkpoint_every=args.checkpoint_every.epochs,
                              checkpoint_seconds=args.checkpoint_every.seconds, on_trained=hand_over if run else None)
             finally:
-                torch.set_num_threads(threads)  # what spare_a_core took
+                torch.set_num_threads(threads)
             if not args.keep_checkpoints:  # a finished run needs none (a killed one keeps its own)
                 for done in filter(None, [sink, resumed]):
                     done.remove()

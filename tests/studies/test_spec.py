@@ -250,3 +250,17 @@ def test_throughput_module_still_runs():
     out = subprocess.run([sys.executable, "-m", "studies.throughput", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "--workers" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("cores, jobs, threads, expected", [(2, 1, None, 1), (16, 1, None, 8), (16, 3, None, 2),
+                                                            (2, 4, None, 1), (16, 1, 5, 5)])
+def test_threads_per_job_are_half_the_cores_shared_among_the_jobs_as_train_uses(
+        monkeypatch, cores, jobs, threads, expected):
+    import os
+
+    from bench.training.config import default_cpu_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert StudySpec(jobs=jobs, threads=threads, device="cpu").resolved_threads == expected
+    if threads is None:  # the study's default is train's: one definition
+        assert default_cpu_threads(jobs) == expected

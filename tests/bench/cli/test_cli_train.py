@@ -91,6 +91,28 @@ def test_train_prints_table_and_final_metrics_and_writes_json(isolated, capsys):
         assert not (isolated / "mlflow.db").exists() and not (isolated / "mlruns").exists()
 
 
+@pytest.mark.parametrize("cores, asked, expected", [(2, [], 1), (16, [], 8), (1, [], 1), (2, ["--threads", "2"], 2)])
+def test_train_trains_on_half_the_cores_unless_told_and_restores_the_callers_threads(
+        isolated, monkeypatch, cores, asked, expected):
+    import torch
+
+    import bench.training
+
+    seen = []
+    real_fit = bench.training.fit
+
+    def fit(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(bench.training, "fit", fit)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    before = torch.get_num_threads()
+    assert run_main([*QUICK, *_no_track(), "--epochs", "1", *asked]) == 0
+    assert seen == [expected]
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.slow
 def test_console_script_end_to_end(isolated):
     assert CONSOLE_SCRIPT.exists(), CONSOLE_SCRIPT
@@ -117,6 +139,8 @@ BAD_INPUTS = {
     "unknown backbone (argparse)": (["--backbone", "resnet"], ["--backbone", "resnet"]),
     "bad hidden list (argparse)": (["--hidden", "wide"], ["--hidden", "'wide'"]),
     "diverging loss": (["--lr", "1e10"], ["epoch 1", "step"]),
+    "no threads (argparse)": (["--threads", "0"], ["--threads", "0 threads: must be >= 1"]),
+    "threads not a number (argparse)": (["--threads", "two"], ["--threads", "'two' is not a whole number"]),
 }
 
 
