@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.cli.arguments import add_device_argument, check_writable, int_list, name_list, parse_seed
+from bench.cli.arguments import add_device_argument, check_writable, int_list, name_list, parse_seed, thread_count
 from bench.errors import CLIError
 from models.config import ConfigError
 
@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps per timed block (default: enough for --block-ms)")
     t.add_argument("--block-ms", type=float, default=50.0, metavar="MS", help="target block length (default 50)")
     t.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed warm-up steps (default 5)")
-    t.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    t.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's)")
     t.add_argument("--seed", type=parse_seed, default=0, help="seed of the model init and batch order (default 0)")
     t.add_argument("--instructions", action="store_true",
                    help="also count instructions per step under callgrind, one thread, every row in one valgrind "
@@ -177,8 +178,6 @@ def run_steptime(args: argparse.Namespace) -> int:
     from bench.training.config import resolve_device
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
     if not 0 < args.block_ms < float("inf"):
         raise CLIError(f"--block-ms {args.block_ms}: must be a finite number of milliseconds > 0")

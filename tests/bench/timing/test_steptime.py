@@ -232,13 +232,17 @@ def test_steptime_instructions_sit_beside_the_wall_clock_in_the_json(tmp_path, c
     (["--variant", "vae"], "variant='vae'"),
     (["--dataset", "synthetic:28"], "synthetic:HxW"),
     (["--device", "cpu", "--repeats", "0"], "repeats=0"),
+    (["--device", "cpu", "--threads", "0"], "--threads: 0 threads: must be >= 1"),
     (["--device", "cpu", "--block-ms", "nan"], "--block-ms nan: must be a finite number of milliseconds > 0"),
     (["--device", "cpu", "--block-ms", "0"], "--block-ms 0.0: must be a finite"),
     (["--device", "cpu", "--json", "/dev/null/steptime.json"], "--json /dev/null/steptime.json: cannot write it"),
     (["--device", "cuda:99"], "device='cuda:99'"),  # no CUDA here, or fewer than 100 devices
 ])
 def test_steptime_command_bad_input_is_one_line_exit_2(argv, message, capsys):
-    code = main(["steptime", "--no-track", *argv])
+    try:
+        code = main(["steptime", "--no-track", *argv])
+    except SystemExit as exc:  # argparse's own errors (a bad --threads)
+        code = exc.code
     out, err = capsys.readouterr()
     assert code == 2
     assert message in err and err.count("\n") == 1
