@@ -45,10 +45,6 @@ def _spool_in_tmp(tmp_path_factory):
     # Commands wait for their tracking writer at most this long (10 s by default): tests check what is
     # written, on a CI machine that may be slow; the tests of the bound itself set it back.
     os.environ.setdefault("CVAE_BENCH_FLUSH_BOUND_S", "120")
-    # Writer processes at the priority of the tests: on a CI machine that other jobs keep busy, a niced writer
-    # waits for CPU, holding an SQLite store's lock, and the tests wait on it (tests/bench/tracking checks the
-    # niceness itself).
-    os.environ.setdefault("CVAE_BENCH_WRITER_NICENESS", "0")
 
 
 @pytest.fixture

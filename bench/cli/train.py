@@ -87,20 +87,6 @@ class EpochTable:
         tqdm.write(row, file=self.stream)
 
 
-def spare_a_core(model) -> None:
-    """On the CPU, one torch thread fewer (if it has more than one): the test metrics of a tracked run
-    are computed while the writer process draws the figures and writes the model. With every core
-    busy (torch's OpenMP threads spin between kernels) that niced process would wait for the training
-    process to finish, and all its work would add to the run's wall time. The default MLP on digits
-    computes its test metrics as fast on one thread as on two (0.35 s, 2-core VM). The caller restores
-    the thread count."""
-    import torch
-
-    threads = torch.get_num_threads()
-    if threads > 1 and next(model.parameters()).device.type == "cpu":
-        torch.set_num_threads(threads - 1)
-
-
 def check_sizes(model_cfg, train_cfg, data) -> None:
     """Sizes that can never fit the device's memory, refused in one line before a run is created: the
     model with its gradients and Adam's two moments (4 float32 copies of its parameters, counted on
@@ -209,9 +195,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     def hand_over(trained) -> None:
         """Training is over: the figures and the pending model go to the writer before the test metrics are
-        computed; it draws and writes them meanwhile, on the core :func:`spare_a_core` leaves it."""
+        computed; it draws and writes them meanwhile, on the cores torch leaves it (:func:`default_cpu_threads`)."""
         log_trained(run, trained, **logged)
-        spare_a_core(trained.model)
 
     threads = torch.get_num_threads()  # the caller's, restored once trained
     torch.set_num_threads(args.threads or default_cpu_threads())

@@ -22,9 +22,10 @@ import weakref
 from multiprocessing.connection import Connection
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from bench.errors import CLIError, interrupt_reason
+from bench.errors import CLIError
+from bench.tracking.base import RUN_STATUSES, Tracker
 from bench.tracking.ops import LOCAL_PREFIX, new_id, now_ms
 from bench.tracking.redaction import redact_url
 
@@ -33,10 +34,6 @@ from bench.tracking.redaction import redact_url
 FLUSH_BOUND_S = 10.0
 #: A run's epoch metrics go to the writer at most this often (s), and with anything else it is sent.
 METRICS_INTERVAL_S = 2.0
-#: Niceness of the writer process (``$CVAE_BENCH_WRITER_NICENESS`` overrides it): on a machine whose cores all
-#: train, its work yields to training (at 19, the lowest priority, any other load on the machine starves it and
-#: its writes pile up until the end).
-NICENESS = 10
 #: Tag values above this length are rejected by some stores: longer ones are cut.
 MAX_TAG_LENGTH = 5000
 
@@ -62,34 +59,17 @@ def require_mlflow() -> None:
                        "pass --no-track")
 
 
-def _from_env(name: str, default: Any, convert: Callable[[str], Any], valid: Callable[[Any], bool],
-              expected: str) -> Any:
-    """``$name`` converted, or ``default`` when it is unset or empty; a :class:`CLIError` naming it when it is
-    not ``expected``."""
-    value = os.environ.get(name, "")
-    if not value:
-        return default
-    try:
-        result = convert(value)
-    except ValueError:
-        result = None
-    if result is None or not valid(result):
-        raise CLIError(f"{name}={value!r}: must be {expected}")
-    return result
-
-
 def flush_bound_s() -> float:
     """How long a command waits at its end for the writer (s): :data:`FLUSH_BOUND_S`, or
-    ``$CVAE_BENCH_FLUSH_BOUND_S`` (e.g. longer on a machine that is busy)."""
-    return _from_env("CVAE_BENCH_FLUSH_BOUND_S", FLUSH_BOUND_S, float, lambda v: 0 <= v < math.inf,
-                     "a number of seconds >= 0")
-
-
-def writer_niceness() -> int:
-    """The writer process's niceness: :data:`NICENESS`, or ``$CVAE_BENCH_WRITER_NICENESS`` (0 on a machine
-    other jobs keep busy, where a niced writer would wait for CPU while it holds the store)."""
-    return _from_env("CVAE_BENCH_WRITER_NICENESS", NICENESS, int, lambda v: 0 <= v <= 19,
-                     "a whole number from 0 to 19")
+    ``$CVAE_BENCH_FLUSH_BOUND_S`` (e.g. longer on a machine that is busy); a bad value is a one-line error."""
+    value = os.environ.get("CVAE_BENCH_FLUSH_BOUND_S", "")
+    try:
+        bound = float(value) if value else FLUSH_BOUND_S
+    except ValueError:
+        bound = math.nan
+    if not 0 <= bound < math.inf:
+        raise CLIError(f"CVAE_BENCH_FLUSH_BOUND_S={value!r}: must be a number of seconds >= 0")
+    return bound
 
 
 def _text(value: Any, limit: int | None = None) -> str:
@@ -103,10 +83,8 @@ class TrackingWriter:
     ``sync``: the writer first sends what ended processes left in the spool for this store.
     """
 
-    def __init__(self, tracking_uri: str, *, spool_dir: str | Path | None = None, sync: bool = False,
-                 niceness: int | None = None) -> None:
+    def __init__(self, tracking_uri: str, *, spool_dir: str | Path | None = None, sync: bool = False) -> None:
         require_mlflow()
-        niceness = writer_niceness() if niceness is None else niceness
         self.tracking_uri = tracking_uri
         inbox_read, inbox_write = os.pipe()
         reply_read, reply_write = os.pipe()
@@ -114,8 +92,8 @@ class TrackingWriter:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.tracking.writer_process", str(inbox_read), str(reply_write),
-                 str(niceness)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                [sys.executable, "-m", "bench.tracking.writer_process", str(inbox_read), str(reply_write)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 pass_fds=(inbox_read, reply_write), env=env)
         finally:
             os.close(inbox_read)
@@ -284,7 +262,7 @@ class TrackingWriter:
             self._cond.notify_all()
 
 
-class RunHandle:
+class RunHandle(Tracker):
     """One run written through a :class:`TrackingWriter`: the :class:`bench.tracking.base.Tracker` of ``train``,
     of each trial and of a study's parent run.
 
@@ -398,8 +376,6 @@ class RunHandle:
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """End the run: FINISHED, FAILED or KILLED; ``reason`` goes to the ``end_reason`` tag."""
-        from bench.tracking.base import RUN_STATUSES
-
         if status not in RUN_STATUSES:
             raise ValueError(f"status={status!r}: must be one of {', '.join(RUN_STATUSES)}")
         if self.ended:
@@ -407,17 +383,6 @@ class RunHandle:
         self._finish_model(None)  # its metrics never came: FAILED
         self._submit("set_terminated", status=status, end_time=now_ms(), reason=_text(reason) if reason else None)
         self.ended = True
-
-    def __enter__(self) -> "RunHandle":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.end("FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.end("KILLED", interrupt_reason(exc))
-        else:
-            self.end("FAILED", f"{exc_type.__name__}: {exc}")
 
 
 def is_local(run_id: str | None) -> bool:

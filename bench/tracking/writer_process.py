@@ -1,4 +1,4 @@
-"""The writer process: ``python -m bench.tracking.writer_process INBOX_FD REPLY_FD NICENESS``.
+"""The writer process: ``python -m bench.tracking.writer_process INBOX_FD REPLY_FD``.
 
 Started by :class:`bench.tracking.writer.TrackingWriter`. It reads records (:mod:`bench.tracking.ops`) from
 its inbox and writes them to the store in order. A write that fails for a transient reason opens a
@@ -271,9 +271,7 @@ def _remove(path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    inbox_fd, reply_fd, niceness = map(int, argv)
-    if niceness:
-        os.nice(niceness)
+    inbox_fd, reply_fd = map(int, argv)
     from bench.tracking.mlflow_env import configure_mlflow_environment
 
     configure_mlflow_environment()
