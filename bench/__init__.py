@@ -24,7 +24,6 @@ if TYPE_CHECKING:
         TrackingWriter,
         environment_tags,
         log_fit,
-        redact,
         resolve_tracking_uri,
         ui_hint,
     )
@@ -44,7 +43,7 @@ _FACE = {
     "bench.training": ("FitResult", "NonFiniteLossError", "TrainConfig", "check_variant", "fit", "model_config",
                        "resolve_device"),
     "bench.tracking": ("NullTracker", "RunHandle", "Tracker", "TrackingWriter", "environment_tags", "log_fit",
-                       "redact", "resolve_tracking_uri", "ui_hint"),
+                       "resolve_tracking_uri", "ui_hint"),
 }
 _WHERE = {name: module for module, names in _FACE.items() for name in names}
 

@@ -224,8 +224,8 @@ def run_steptime(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     if not args.no_track:
         log_to_mlflow(results, calibration, uri, args.experiment)
-        from bench.tracking import redact
-        print(f"logged {len(results)} run(s) to experiment {args.experiment!r} at {redact(uri)}")
+        from bench.tracking import redact_url
+        print(f"logged {len(results)} run(s) to experiment {args.experiment!r} at {redact_url(uri)}")
     return 0
 
 

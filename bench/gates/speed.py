@@ -123,7 +123,7 @@ def load_mlflow_source(run_id: str, label: str, tracking_uri: str | None) -> Sou
     from bench.timing.steptime import result_name
 
     try:
-        from bench.tracking import make_client, redact, resolve_tracking_uri
+        from bench.tracking import make_client, redact_url, resolve_tracking_uri
         uri = resolve_tracking_uri(tracking_uri)
         client = make_client(uri)
     except ImportError as err:
@@ -131,7 +131,7 @@ def load_mlflow_source(run_id: str, label: str, tracking_uri: str | None) -> Sou
     try:
         run = client.get_run(run_id)
     except Exception as err:  # noqa: BLE001 -- missing run, unreachable server: one line either way
-        raise CLIError(f"{label}: cannot read MLflow run {run_id} at {redact(uri)}: "
+        raise CLIError(f"{label}: cannot read MLflow run {run_id} at {redact_url(uri)}: "
                        f"{' '.join(str(err).split())[:200]}") from None
     metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
     median = _positive(metrics.get("median_ms"))

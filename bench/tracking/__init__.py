@@ -21,15 +21,9 @@ from bench.tracking.mlflow_env import configure_mlflow_environment
 from bench.tracking.ops import LOCAL_PREFIX, RUN_KEY_TAG, is_transient
 from bench.tracking.redaction import redact_url
 from bench.tracking.spool import default_spool_dir
-from bench.tracking.store import (
-                                  DEFAULT_TRACKING_URI,
-                                  check_tracking_uri,
-                                  make_client,
-                                  redact,
-                                  resolve_tracking_uri,
-                                  ui_hint,
-)
+from bench.tracking.store import DEFAULT_TRACKING_URI, check_tracking_uri, make_client, resolve_tracking_uri
 from bench.tracking.store_lock import sqlite_file
+from bench.tracking.ui_links import ui_hint
 from bench.tracking.writer import (
                                    FLUSH_BOUND_S,
                                    MAX_TAG_LENGTH,
@@ -44,5 +38,5 @@ __all__ = ["DEFAULT_TRACKING_URI", "FLUSH_BOUND_S", "LOCAL_PREFIX", "MAX_TAG_LEN
            "NullTracker", "RunHandle", "Tracker", "TrackingError", "TrackingStoreError", "TrackingWriter",
            "check_tracking_uri", "config_params", "configure_mlflow_environment", "default_spool_dir", "device_name",
            "environment_tags", "git_commit", "is_local", "is_transient", "load_logged_model", "log_fit",
-           "log_trained", "make_client", "redact", "redact_url", "resolve_model",
+           "log_trained", "make_client", "redact_url", "resolve_model",
            "resolve_tracking_uri", "run_tags", "sqlite_file", "ui_hint"]

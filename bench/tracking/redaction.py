@@ -68,11 +68,11 @@ def _redact_one(url: str) -> str:
     return f"{scheme}://{head}{query}"
 
 
-def redact_url(text: str) -> str:
+def redact_url(text: str | None) -> str:
     """``text`` with the password of every ``scheme://user:password@host`` URL in it masked, secret
-    query values masked, and ``password=...``-style values in the rest of the text masked."""
+    query values masked, and ``password=...``-style values in the rest of the text masked ("" for None)."""
     if not text:
-        return text
+        return ""
     pieces = []
     last = 0
     for match in _URL.finditer(text):

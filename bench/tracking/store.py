@@ -27,24 +27,9 @@ CONNECT_TIMEOUT_S = 5.0
 DATABASE_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
 
 
-def redact(text: str | None) -> str:
-    """``text`` with the password of every URL in it masked (see :func:`bench.tracking.redaction.redact_url`)."""
-    return redact_url(text) if text else ""
-
-
 def resolve_tracking_uri(cli_value: str | None = None) -> str:
     """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else :data:`DEFAULT_TRACKING_URI`."""
     return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def ui_hint(tracking_uri: str) -> str:
-    """How a user opens the MLflow UI on ``tracking_uri`` (password redacted), in its model-training
-    view (the UI starts in its GenAI view unless told: ``?workflowType=machine_learning``)."""
-    uri = redact(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri.rstrip('/')}/#/experiments?workflowType=machine_learning in a browser"
-    return (f"mlflow ui --backend-store-uri {uri}, then open "
-            "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning")
 
 
 def check_database_reachable(uri: str, what: str = "tracking store", timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -93,7 +78,7 @@ def check_database_reachable(uri: str, what: str = "tracking store", timeout_s: 
         reason = f"no answer within {timeout_s:g} s"
     else:
         reason = getattr(outcome[0], "strerror", None) or " ".join(str(outcome[0]).split())
-    raise CLIError(f"{what} {redact(uri)}: cannot reach the database server {host}:{port} ({reason}); is it "
+    raise CLIError(f"{what} {redact_url(uri)}: cannot reach the database server {host}:{port} ({reason}); is it "
                    "running, and reachable from this machine?")
 
 
@@ -115,8 +100,8 @@ def make_client(tracking_uri: str) -> "MlflowClient":
         with mlflow_schema_lock(tracking_uri):
             return MlflowClient(tracking_uri=tracking_uri)
     except (MlflowException, SQLAlchemyError, OSError) as exc:  # unsupported scheme, refused login, read-only folder
-        detail = redact(" ".join(str(exc).split()))[:300]
-        raise CLIError(f"tracking store {redact(tracking_uri)}: {detail}") from None
+        detail = redact_url(" ".join(str(exc).split()))[:300]
+        raise CLIError(f"tracking store {redact_url(tracking_uri)}: {detail}") from None
 
 
 def check_tracking_uri(tracking_uri: str) -> None:
@@ -128,5 +113,5 @@ def check_tracking_uri(tracking_uri: str) -> None:
 
     db = sqlite_file(tracking_uri)
     if db is not None and not db.expanduser().parent.is_dir():
-        raise CLIError(f"tracking store {redact(tracking_uri)}: folder {db.expanduser().parent} does not exist")
+        raise CLIError(f"tracking store {redact_url(tracking_uri)}: folder {db.expanduser().parent} does not exist")
     check_database_reachable(tracking_uri)

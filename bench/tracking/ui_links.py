@@ -35,6 +35,14 @@ def ui_link(tracking_uri: str, route: str) -> str:
     return f"{ui_base(tracking_uri)}/#{route}?{TRAINING_VIEW}"
 
 
+def ui_hint(tracking_uri: str) -> str:
+    """How a user opens the UI on ``tracking_uri``, in its model-training view: the server's page, or the
+    ``mlflow ui`` command for a store that is not a server."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {ui_link(tracking_uri, '/experiments')} in a browser"
+    return f"mlflow ui --backend-store-uri {redact_url(tracking_uri)}, then open {ui_link(tracking_uri, '/experiments')}"
+
+
 def run_link(tracking_uri: str, run_id: str, experiment_id: str) -> str:
     """A run's page. (The UI's shorter ``#/runs/<id>`` finds the experiment, but its redirect drops the
     query: the page opens in the GenAI view.)"""

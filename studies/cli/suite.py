@@ -34,7 +34,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
 def run_suite(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from bench.tracking import TrackingWriter, check_tracking_uri, redact, resolve_tracking_uri, ui_hint
+    from bench.tracking import TrackingWriter, check_tracking_uri, redact_url, resolve_tracking_uri, ui_hint
     from bench.tracking.ui_links import run_link
     from studies.runner import load_data, run_study
     from studies.storage import dashboard_hint
@@ -43,7 +43,7 @@ def run_suite(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     specs = config.study_specs()
     print(f"cvae-bench suite: {', '.join(config.variants)} on {config.dataset}: {config.trials} trials x "
-          f"{config.epochs} epochs per variant, objective {config.objective}; studies in {redact(config.storage)}",
+          f"{config.epochs} epochs per variant, objective {config.objective}; studies in {redact_url(config.storage)}",
           flush=True)
     start = time.perf_counter()
     uri = resolve_tracking_uri(config.tracking_uri)

@@ -18,7 +18,7 @@ from bench.tracking import (
     TrackingWriter,
     config_params,
     make_client,
-    redact,
+    redact_url,
     resolve_tracking_uri,
     ui_hint,
 )
@@ -59,9 +59,9 @@ def test_tracking_uri_resolution_order(monkeypatch):
 
 
 def test_redaction_masks_passwords_in_urls_and_text():
-    assert redact("postgresql://bob:s3cret@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
-    assert "s3cret" not in redact("failed: http://u:s3cret@host/api and sqlite:///x.db?password=s3cret")
-    assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert redact_url("postgresql://bob:s3cret@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
+    assert "s3cret" not in redact_url("failed: http://u:s3cret@host/api and sqlite:///x.db?password=s3cret")
+    assert redact_url("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
     assert ui_hint("http://u:s3cret@127.0.0.1:5000") == ("open http://u:***@127.0.0.1:5000/#/experiments"
                                                          "?workflowType=machine_learning in a browser")
     assert ui_hint("sqlite:///m.db") == ("mlflow ui --backend-store-uri sqlite:///m.db, then open "
