@@ -1,17 +1,12 @@
-"""A saved CVAE folder (:mod:`models.saved_model`) as an MLflow 3 logged model of a run.
+"""A saved CVAE folder (:mod:`models.saved_model`) as an MLflow 3 logged model of a run; registering one;
+finding and loading one.
 
-The model is a pyfunc model: its ``data`` is the saved folder, its ``code`` the ``models`` package
-(pure PyTorch), its ``loader_module`` :mod:`models.saved_model`; so it reloads with only torch
-installed (``mlflow.pyfunc.load_model(uri).predict(labels)`` draws images), and the pip requirements
-are explicit -- nothing is inferred when it is logged.
-
-The MLmodel folder is assembled here with MLflow's own pieces (``Model``, ``pyfunc.add_to_model``,
-its environment files) rather than by ``mlflow.pyfunc.save_model``: that call first maps every
-installed distribution to its modules to warn about mismatched requirements, ~1.7 s of CPU per
-process, which is longer than a whole tracked ``train`` on digits is allowed to add.
-
-Everything runs where the runs' writes run: in the writer process (:mod:`bench.tracking.writer`), which
-never imports torch.
+The model is a pyfunc model whose ``data`` is the saved folder, whose ``code`` is the ``models`` package
+(pure PyTorch) and whose loader is :mod:`models.saved_model`: it reloads with only torch installed
+(``mlflow.pyfunc.load_model(uri).predict(labels)`` draws images), with explicit pip requirements. The
+MLmodel folder is assembled from MLflow's own pieces (``Model``, ``pyfunc.add_to_model``) rather than by
+``mlflow.pyfunc.save_model``, which first maps every installed distribution to its modules (~1.7 s of CPU
+per process). Writing runs in the writer process, which never imports torch.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""The writes of a run, as records, and how each one is applied to an MLflow store.
+"""The writes of a run as records, and how each one is applied to an MLflow store (:class:`Store`).
 
-A *record* is a JSON-able dict with an ``op`` and its arguments. The writer (:mod:`bench.tracking.writer`)
-applies records in the order they were made, or spools them (:mod:`bench.tracking.spool`) while the store
-cannot be reached; ``cvae-bench sync`` applies spooled ones later, in another process. Records name runs,
-experiments and logged models by *local ids* (``local-...``) made when the record was made, so nothing
-waits for the store: :func:`apply` maps a local id to the store's id once the store has given one
-(``ids``), and an id another process made is found through the ``cvae_bench.run_key`` tag every run
-carries (its local id).
-
-A failure that a later retry may cure (server unreachable, overloaded, a locked SQLite file) is
-*transient* (:func:`is_transient`): the record is kept for later. Anything else is the record's own
-fault (a bad value): the writer reports it and goes on.
+A record is a JSON-able dict with an ``op`` and its arguments. It names runs, experiments and logged
+models by *local ids* (``local-...``), made with the record, so nothing waits for the store; :class:`Store`
+maps a local id to the store's id once there is one, in any process, through the ``cvae_bench.run_key``
+tag every run carries. A failure a retry may cure is *transient* (:func:`is_transient`): the record waits
+in the spool; any other is the record's own fault, reported, and the writer goes on.
 """
 
 from __future__ import annotations

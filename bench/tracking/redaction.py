@@ -1,18 +1,12 @@
-"""Keep credentials out of everything we log or print.
+"""Keep credentials out of everything we log or print: :func:`redact_url`.
 
-``redact_url("postgresql://cvae:s3cret@db:5432/optuna")`` -> ``"postgresql://cvae:***@db:5432/optuna"``.
-Query values whose key names a secret (``password``, ``sslpassword``, ``token``, ``secret``, ``api_key``,
-...) are masked too, and so are ``password=...`` style values in free text (libpq connection strings).
-
-Each URL found in the text is taken apart, not matched by one pattern. The user information is
-everything between ``scheme://`` and the *last* ``@`` before the query: SQLAlchemy accepts passwords
-holding ``/`` (``postgresql://u:S3cret/PW@host/db``), where :func:`urllib.parse.urlsplit` ends the
-network location at the ``/`` and finds no password, and an unencoded ``@`` (``u:p@ss@host``), where
-:func:`sqlalchemy.engine.make_url` ends the password at the first ``@``; masking up to the last
-``@`` covers what either of them (and a driver) would send as the password. When in doubt it masks
-more: ``http://host:5000/a@b`` becomes ``http://host:***@b``.
-
-A password that contains whitespace cannot be told apart from the text around it and is not masked.
+``redact_url("postgresql://cvae:s3cret@db:5432/optuna")`` -> ``"postgresql://cvae:***@db:5432/optuna"``;
+secret query values (``password``, ``token``, ``api_key``, ...) and ``password=...`` in free text are masked
+too. The user information of a URL is everything between ``scheme://`` and the *last* ``@`` before the
+query: SQLAlchemy accepts passwords holding ``/`` and an unencoded ``@``, which :func:`urllib.parse.urlsplit`
+and :func:`sqlalchemy.engine.make_url` each split differently, so masking to the last ``@`` covers what
+either would send (``http://host:5000/a@b`` becomes ``http://host:***@b``: in doubt, more is masked). A
+password holding whitespace cannot be told from the text around it and is not masked.
 """
 
 from __future__ import annotations

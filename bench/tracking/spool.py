@@ -1,18 +1,10 @@
-"""Writes that wait for the store: the writer's spool file, and ``cvae-bench sync``.
+"""Writes that wait for the store: the writer's spool file (one JSON record a line, the files records hand
+over beside it in ``<file>.files/``), its replay, and ``cvae-bench sync``.
 
-While the tracking store cannot be reached, the writer (:mod:`bench.tracking.writer_process`) appends
-each record (:mod:`bench.tracking.ops`) to its spool file, one JSON line each, in order, and moves the
-file or folder a record hands over (a checkpoint, a figure, a saved model) into ``<file>.files/``. A
-checkpoint that replaces one still spooled (the same artifact path of the same run) takes its place:
-a long outage keeps only each run's newest checkpoint. Once the store answers, the writer replays the
-file; records already sent are dropped from it as they go, so an interrupted replay resumes without
-sending anything twice. The spool never holds a password: the file's header names its tracking URI
-redacted, and a file is replayed only to a URI whose redacted form matches.
-
-A spool file belongs to the writer that writes it: that process holds an exclusive ``flock`` on
-``<file>.lock`` while it lives, so ``cvae-bench sync`` (:func:`sync_spool`) replays only files of
-ended processes, and two syncs never replay one file twice. Runs such a process created but never
-ended are ended FAILED, and models it began but never finished are marked FAILED.
+A spooled checkpoint replaces the one of the same run and artifact path spooled before it; a replay drops
+the records it has sent from the file as it goes; the file names its tracking URI redacted and replays only
+to a matching one; a living writer holds ``<file>.lock`` (a ``flock``), so a sync takes only the files of
+ended processes. Why and how: docs/tracking.md ("Outages").
 """
 
 from __future__ import annotations

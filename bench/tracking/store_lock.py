@@ -1,17 +1,10 @@
 """A named lock that lives where a store lives, shared by every process that opens the store.
 
-Studies take one per study (``studies.lock``) and one while they create Optuna's tables; the MLflow
-store takes one while MLflow creates its tables in a new SQLite file (:func:`mlflow_schema_lock`):
-processes that open a fresh store together would otherwise race through its schema migrations and
-leave a broken database. The lock needs no service of its own:
-
-- PostgreSQL storage: a session-level advisory lock (``pg_advisory_lock``), released by the server
-  if the worker dies;
-- MySQL storage: ``GET_LOCK`` / ``RELEASE_LOCK``, likewise tied to the session;
-- SQLite and journal files (one machine): ``fcntl.flock`` on ``<file>.<key>.lock`` beside the file,
-  released by the kernel if the worker dies; the file is removed when the lock is released (a
-  finished command leaves no lock file behind);
-- in-memory storage (one process): a threading lock.
+Studies take one per study (``studies.lock``) and one while they create Optuna's tables; MLflow's SQLite
+store takes one while MLflow creates its tables (:func:`mlflow_schema_lock`), which two processes opening a
+new file together would otherwise both migrate. PostgreSQL and MySQL: an advisory lock of the session;
+SQLite and journal files: ``flock`` on ``<file>.<key>.lock`` beside the file, removed on release;
+in-memory storage: a threading lock. The server or the kernel drops the lock of a worker that dies.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""Links into the MLflow UI that open its model-training view.
-
-The UI (MLflow 3) shows every page in one of two workflow views, GenAI or model training, and starts
-in GenAI unless the page's URL says otherwise: the query parameter ``workflowType=machine_learning``
-of its hash route (``#/experiments/1/runs/abc?workflowType=machine_learning``). A user who switches
-views in the UI changes a stored default; a link with the parameter works whatever it is. Every link
-a command prints is made here.
-
-For a store that is not a server (``sqlite:///mlflow.db``), the links point at the UI that
-``mlflow ui --backend-store-uri URI`` serves on its default address. Passwords are masked (``***``):
-such a link is shown, never followed by this code.
+"""Links into the MLflow UI, in its model-training view (``?workflowType=machine_learning`` on the hash
+route: the UI opens in its GenAI view otherwise). A store that is not a server is linked at the address
+``mlflow ui --backend-store-uri URI`` serves by default. Passwords are masked: links are shown, never
+followed here.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """The writer process: ``python -m bench.tracking.writer_process INBOX_FD REPLY_FD``.
 
-Started by :class:`bench.tracking.writer.TrackingWriter`. It reads records (:mod:`bench.tracking.ops`) from
-its inbox and writes them to the store in order. A write that fails for a transient reason opens a
-circuit: that record and every later one go to the spool (:mod:`bench.tracking.spool`) until a replay,
-tried after 1 s, 2 s, 4 s ... 60 s, succeeds. Replies: the store's id of each local id, the result of
-records that ask for one, errors, and at the end how many writes are left spooled.
-
-SIGINT is ignored (Ctrl-C reaches the whole process group; the command decides how its runs end).
-SIGTERM (the command's bounded wait at its end ran out) spools the write in flight and all still unread.
-End of input without ``close`` means the command died: what it sent is written, then the runs it left
-open end KILLED and its unfinished models FAILED.
+Started by :class:`bench.tracking.writer.TrackingWriter`: applies the records (:mod:`bench.tracking.ops`) it
+reads from its inbox in order, spools them (:mod:`bench.tracking.spool`) while the store cannot be reached,
+and replies with the store's ids, results, errors and, at its end, how many writes are left spooled.
+Outages, SIGTERM and a command that dies: docs/tracking.md.
 """
 
 from __future__ import annotations
