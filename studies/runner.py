@@ -491,18 +491,14 @@ def run_study(spec: StudySpec, data: DataSplits | None = None, *, progress: bool
     ``sampler_salt`` is added to the sampler seeds (distinct per worker process); ``writer``: the tracking
     writer to use (the suite shares one among its studies), else the study starts and closes its own.
     """
-    import torch
+    from bench.training.config import torch_threads
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _quiet_failed_trials()
     data = data if data is not None else load_data(spec)
     check_iw_fits(spec.iw_samples, data.input_shape, resolve_device(spec.device))  # before any trial trains
-    threads = torch.get_num_threads()
-    torch.set_num_threads(spec.resolved_threads)
-    try:
+    with torch_threads(spec.resolved_threads):
         return StudyRun(spec, data, progress=progress, stream=stream, sampler_salt=sampler_salt, writer=writer).run()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def summary_lines(spec: StudySpec, outcome: StudyOutcome) -> list[str]:

@@ -158,11 +158,9 @@ def run_train(args: argparse.Namespace) -> int:
         from bench.tracking import NullTracker, TrackingError, log_fit, log_trained, ui_hint
         from bench.tracking.checkpoints import RunCheckpoints
         from bench.tracking.ui_links import run_link
-        import torch
-
         from bench.training import fit
         from bench.training.checkpoint_store import run_key
-        from bench.training.config import default_cpu_threads
+        from bench.training.config import default_cpu_threads, torch_threads
 
         data = load_data_from_args(args)
         model_cfg, train_cfg = configs_from_args(args, data)
@@ -198,17 +196,13 @@ def run_train(args: argparse.Namespace) -> int:
         computed; it draws and writes them meanwhile, on the cores torch leaves it (:func:`default_cpu_threads`)."""
         log_trained(run, trained, **logged)
 
-    threads = torch.get_num_threads()  # the caller's, restored once trained
-    torch.set_num_threads(args.threads or default_cpu_threads())
     try:
         with tracker:
-            try:
+            with torch_threads(args.threads or default_cpu_threads()):  # the caller's count restored once trained
                 result = fit(model_cfg, train_cfg, data, callbacks=[table, *filter(None, [run])],
                              progress=not args.no_progress, checkpoint=sink, resume=resume,
                              checkpoint_every=args.checkpoint_every.epochs,
                              checkpoint_seconds=args.checkpoint_every.seconds, on_trained=hand_over if run else None)
-            finally:
-                torch.set_num_threads(threads)
             if not args.keep_checkpoints:  # a finished run needs none (a killed one keeps its own)
                 for done in filter(None, [sink, resumed]):
                     done.remove()

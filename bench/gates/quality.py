@@ -139,20 +139,16 @@ def train_and_evaluate(variant: str, protocol: dict[str, Any], seed: int | None 
 
     from bench.data import load_dataset
     from bench.evaluation import elbo_terms
-    from bench.training import TrainConfig, fit, model_config
+    from bench.training import TrainConfig, fit, model_config, torch_threads
 
     seed = protocol["seed"] if seed is None else seed
     data = load_dataset(protocol["dataset"], seed=0)  # the split is fixed; only training varies with seed
     train_cfg = TrainConfig(epochs=protocol["epochs"], batch_size=protocol["batch_size"], lr=protocol["lr"],
                             seed=seed, device="cpu")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(protocol["threads"])
-    try:
+    with torch_threads(protocol["threads"]):
         result = fit(model_config(variant, data), train_cfg, data, progress=False, final_eval=False)
         torch.manual_seed(seed)  # the one-sample test ELBO draws z
         terms = elbo_terms(result.model, data.test)
-    finally:
-        torch.set_num_threads(threads)
     return {"test_neg_elbo": terms["neg_elbo"], "test_recon": terms["recon"], "test_kl": terms["kl"]}
 
 

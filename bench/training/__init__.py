@@ -2,7 +2,7 @@
 batched fit of many same-shaped models at once, the step timer."""
 
 from bench.training.batched import BatchMember, batched_fit, group_key
-from bench.training.config import AMP_DTYPES, DEVICES, TrainConfig, resolve_device
+from bench.training.config import AMP_DTYPES, DEVICES, TrainConfig, resolve_device, torch_threads
 from bench.training.harness_loop import HarnessLoop
 from bench.training.loop import FitResult, NonFiniteLossError, fit
 from bench.training.presets import check_variant, model_config
@@ -11,4 +11,4 @@ from bench.training.step_timer import StepTimer
 
 __all__ = ["ADAM_IMPLEMENTATIONS", "AMP_DTYPES", "DEVICES", "BatchMember", "FitResult", "HarnessLoop",
            "NonFiniteLossError", "StepTimer", "TrainConfig", "batched_fit", "check_variant", "fit", "group_key",
-           "make_optimizer", "make_train_step", "model_config", "resolve_device"]
+           "make_optimizer", "make_train_step", "model_config", "resolve_device", "torch_threads"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -100,6 +101,17 @@ def default_cpu_threads(jobs: int = 1) -> int:
     the tracking writer (whose work then costs a run ~nothing), data loading and the rest.
     """
     return max(1, (os.cpu_count() or 2) // 2 // jobs)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``threads`` inside the block, the caller's count restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(name: str) -> torch.device:

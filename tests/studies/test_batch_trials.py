@@ -3,7 +3,6 @@ Optuna trial and MLflow run; the exact study-wide total and heartbeat retries ho
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,11 +14,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import FixedTrial, TrialState
 
 from bench import TrainConfig, fit, model_config
-from bench.training import BatchMember, batched_fit
+from bench.training import BatchMember, batched_fit, torch_threads
 from bench.tracking import make_client
 from bench.tracking.ops import Store
 from bench.training.checkpoint_store import checkpoint_path, trial_key
@@ -36,17 +34,6 @@ GOOD = {"latent_dim": 8, "hidden_width": 128, "hidden_depth": 1, "batch_size": 6
 EPOCHS, LIMIT = 2, 400
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """One intra-op thread, as a study trains its trials (``--threads 1``; one thread per job on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _member(params: dict, epochs: int, data, **kwargs) -> BatchMember:
     """The trial with ``params`` as a study trains it (its seed 0, CPU, 5 importance samples)."""
     sampled = suggest(FixedTrial(params), "cvae", epochs)
@@ -59,7 +46,7 @@ def _direct_fit(params: dict, epochs: int, limit: int):
     """The trial with ``params`` run alone with fit."""
     data = load_data(StudySpec(limit=limit, epochs=epochs, iw_samples=5, device="cpu"))
     member = _member(params, epochs, data)
-    with _one_thread():
+    with torch_threads(1):
         return fit(member.model_cfg, member.train_cfg, data, progress=False)
 
 
@@ -319,7 +306,7 @@ class BatchWorker:
         plain ones, and at lr 1e-2 ten epochs grow that into 1e-4 relative (docs/batched-trials.md)."""
         data = load_data(StudySpec(limit=self.LIMIT, epochs=self.EPOCHS, iw_samples=5, device="cpu"))
         states: list[dict[int, dict]] = [{} for _ in self.PARAMS]
-        with _one_thread():  # as the worker's --threads 1
+        with torch_threads(1):  # as the worker's --threads 1
             batched_fit([_member(p, self.EPOCHS, data, checkpoint_every=self.EVERY,
                                  checkpoint=lambda epoch, state, i=i: states[i].__setitem__(epoch, state))
                          for i, p in enumerate(self.PARAMS)], data, progress=False, final_eval=False)

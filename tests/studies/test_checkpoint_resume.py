@@ -19,6 +19,7 @@ from optuna.trial import FixedTrial, TrialState
 from bench import TrainConfig, fit, model_config
 from bench.tracking import TrackingWriter, make_client
 from bench.tracking.ops import Store
+from bench.training import torch_threads
 from bench.training.checkpoint_store import checkpoint_path, checkpoint_root, trial_key
 from studies.cli import main
 from studies.runner import load_data
@@ -100,14 +101,10 @@ def direct_fit(params: dict):
     spec = StudySpec(limit=LIMIT, epochs=EPOCHS, iw_samples=5, device="cpu")
     data = load_data(spec)
     sampled = suggest(FixedTrial(params), "cvae", EPOCHS)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the study's workers train (--threads 1)
-    try:
+    with torch_threads(1):  # as the study's workers train (--threads 1)
         return fit(model_config("cvae", data, **sampled.model_kwargs),
                    TrainConfig(epochs=EPOCHS, seed=0, device="cpu", iw_samples=5, **sampled.train_kwargs), data,
                    progress=False)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

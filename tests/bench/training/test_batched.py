@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from bench.training import BatchMember, NonFiniteLossError, TrainConfig, batched_fit, fit, group_key, model_config
+from bench.training import (BatchMember, NonFiniteLossError, TrainConfig, batched_fit, fit, group_key, model_config,
+                            torch_threads)
 from bench.training import batched as batched_module
 from bench.training import checkpoint as ckpt
 
@@ -20,10 +21,8 @@ TIMING = ("samples_per_s", "step_ms")  # wall clock; a group's step time is not 
 def _one_torch_thread():
     """One intra-op thread, as a study's trials train on a 2-core machine: small steps on two OpenMP
     threads slow down many times over when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def _untimed(history: list[dict]) -> list[dict]:
