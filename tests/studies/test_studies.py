@@ -507,6 +507,7 @@ def test_unusable_device_is_one_line_before_any_trial(tmp_path, monkeypatch, cap
 
 # -- cvae-bench worker ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # two tracked studies, two writer processes: ~10 s
 def test_worker_creates_then_joins_a_study_from_its_stored_settings(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     common = ["worker", "--study-name", "w", "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--tracking-uri",
