@@ -31,9 +31,10 @@ def ui_link(tracking_uri: str, route: str) -> str:
 def ui_hint(tracking_uri: str) -> str:
     """How a user opens the UI on ``tracking_uri``, in its model-training view: the server's page, or the
     ``mlflow ui`` command for a store that is not a server."""
+    experiments = ui_link(tracking_uri, "/experiments")
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {ui_link(tracking_uri, '/experiments')} in a browser"
-    return f"mlflow ui --backend-store-uri {redact_url(tracking_uri)}, then open {ui_link(tracking_uri, '/experiments')}"
+        return f"open {experiments} in a browser"
+    return f"mlflow ui --backend-store-uri {redact_url(tracking_uri)}, then open {experiments}"
 
 
 def run_link(tracking_uri: str, run_id: str, experiment_id: str) -> str:
